@@ -1,0 +1,5 @@
+import sys
+
+from wsgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,272 @@
+"""The ``wsgate`` command (DESIGN.md §2).
+
+Exit status: 0 success, 2 bad usage or configuration, 1 runtime failure. Secrets come from environment
+variables or files named in the configuration, never from arguments (they would show in ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from wsgate import __version__
+from wsgate.errors import ConfigError, WsgateError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(WsgateError):
+    """Bad command-line usage (exit status 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return command(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"wsgate {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WsgateError as exc:
+        print(f"wsgate {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        # Typically "address already in use" or a file that cannot be read; the text names what failed.
+        print(f"wsgate {args.command}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgate",
+        description="WebSocket authentication made safe for browsers: an Origin-checking gateway that "
+        "injects credentials, and an authenticated publish/subscribe hub.",
+        epilog="Secrets are read from environment variables or files, never from arguments.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run the whole kiosk system on this machine with embedded defaults")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    up.set_defaults(run=run_up)
+
+    hub = commands.add_parser("hub", help="run a hub node (publish/subscribe WebSocket server)")
+    hub.add_argument("--config", type=Path, help="TOML configuration file (default: $WSGATE_CONFIG)")
+    hub.add_argument("--listen", metavar="H:P", help="override hub.listen")
+    hub.set_defaults(run=run_hub)
+
+    gateway = commands.add_parser("gateway", help="run a gateway (static files, /api proxy, WebSocket proxy)")
+    gateway.add_argument("--config", type=Path, help="TOML configuration file (default: $WSGATE_CONFIG)")
+    gateway.add_argument("--listen", metavar="H:P", help="override gateway.listen")
+    gateway.set_defaults(run=not_yet("the gateway"))
+
+    publish = commands.add_parser(
+        "publish", help="publish a message through a hub's HTTP API (credential: $WSGATE_PUBLISH_TOKEN)"
+    )
+    publish.add_argument("--url", required=True, help="the hub's HTTP base URL, e.g. http://127.0.0.1:9000")
+    publish.add_argument("--channel", required=True)
+    publish.add_argument("data", nargs="?", metavar="DATA_JSON", help="JSON payload (default: read stdin)")
+    publish.set_defaults(run=run_publish)
+
+    listen = commands.add_parser(
+        "listen", help="subscribe and print messages as JSON lines (credential: $WSGATE_TOKEN)"
+    )
+    listen.add_argument("--url", required=True, help="WebSocket URL, e.g. ws://127.0.0.1:9000/ws")
+    listen.add_argument("--channel", required=True)
+    listen.add_argument("--origin", help="Origin header to send")
+    listen.set_defaults(run=not_yet("listen"))
+
+    token = commands.add_parser("token", help="mint a signed token (key: $WSGATE_SIGNING_KEY)")
+    token.add_argument("--sub", required=True, help="subject (who the token is for)")
+    token.add_argument("--channel", required=True, action="append", help="channel or pattern; repeatable")
+    token.add_argument("--publish", action="store_true", help="also grant publishing on the channels")
+    token.add_argument("--ttl", default="5m", help="lifetime, e.g. 60s, 5m, 12h (default: 5m)")
+    token.add_argument(
+        "--kid", default="default", help="key id, as named in hub.signing.keys (default: default)"
+    )
+    token.add_argument("--audience", help="aud claim, when the hub sets hub.signing.audience")
+    token.set_defaults(run=run_token)
+
+    probe = commands.add_parser("probe", help="audit a WebSocket endpoint for cross-site hijacking holes")
+    probe.add_argument("url", metavar="WS_URL")
+    probe.add_argument("--origin", required=True, help="the legitimate Origin")
+    probe.add_argument("--header", metavar="NAME:@ENVVAR", help="send the value of ENVVAR in header NAME")
+    probe.add_argument("--json", action="store_true", help="machine-readable output")
+    probe.set_defaults(run=not_yet("probe"))
+
+    check = commands.add_parser("check", help="validate a configuration and print what it would do")
+    check.add_argument("--config", type=Path, required=True)
+    check.set_defaults(run=run_check)
+    return parser
+
+
+def not_yet(what: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"wsgate {args.command}: {what} is not available in wsgate {__version__} yet", file=sys.stderr)
+        return EXIT_FAILURE
+
+    return run
+
+
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed: it makes the byte-moving paths markedly cheaper."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def serve_until_signalled(
+    start: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Start, then wait for SIGINT or SIGTERM and stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await start()
+    try:
+        await stopping.wait()
+    finally:
+        await stop()
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    path = args.config or os.environ.get("WSGATE_CONFIG")
+    if not path:
+        raise UsageError("--config FILE is required (or set WSGATE_CONFIG)")
+    return Path(path)
+
+
+def run_hub(args: argparse.Namespace) -> int:
+    from wsgate import logs
+    from wsgate.config import load_config, parse_listen
+    from wsgate.hub.server import HubServer
+
+    config = load_config(_config_path(args))
+    if config.hub is None:
+        raise ConfigError("hub", "the configuration has no [hub] section", "add a [hub] table")
+    hub_config = config.hub
+    if args.listen:
+        hub_config = replace(hub_config, listen=parse_listen(args.listen, "--listen"))
+    logs.configure()
+    server = HubServer(hub_config)
+    run_async(serve_until_signalled(server.start, server.stop))
+    return EXIT_OK
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from wsgate.demo.up import run
+
+    return run(host=args.host, port=args.port)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from wsgate.config import load_config, render_config
+
+    config = load_config(args.config)
+    if config.hub is not None:
+        print(f"# hub: would listen on {config.hub.listen} (WebSocket at /ws, HTTP API at /api)")
+    if config.gateway is not None:
+        print(
+            f"# gateway: would listen on {config.gateway.listen} with {len(config.gateway.routes)} route(s)"
+        )
+    print(render_config(config), end="")
+    return EXIT_OK
+
+
+def _env_secret(name: str, purpose: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise UsageError(f"environment variable {name} is not set ({purpose})")
+    return value
+
+
+def run_token(args: argparse.Namespace) -> int:
+    from wsgate.auth.tokens import mint_token
+    from wsgate.secret import Secret
+    from wsgate.units import parse_duration
+
+    key = Secret(_env_secret("WSGATE_SIGNING_KEY", "the HS256 signing key"))
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        raise UsageError(f"--ttl: {exc}") from None
+    channels = tuple(args.channel)
+    print(
+        mint_token(
+            key=key,
+            kid=args.kid,
+            subject=args.sub,
+            ttl=ttl,
+            subscribe=channels,
+            publish=channels if args.publish else (),
+            audience=args.audience,
+        )
+    )
+    return EXIT_OK
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    token = _env_secret("WSGATE_PUBLISH_TOKEN", "the hub's publish credential")
+    raw = args.data if args.data is not None else sys.stdin.read()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise UsageError("DATA_JSON is not valid JSON") from None
+    url = args.url.rstrip("/")
+    if not url.endswith("/api/publish"):
+        url += "/api/publish"
+    offset = _post_publish(url, token, {"channel": args.channel, "data": data})
+    print(offset)
+    return EXIT_OK
+
+
+def _post_publish(url: str, token: str, body: dict[str, Any]) -> int:
+    import aiohttp
+
+    async def post() -> int:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as response,
+        ):
+            if response.status != 200:
+                raise PublishFailed(response.status, await _error_message(response))
+            answer = await response.json()
+            return int(answer["offset"])
+
+    try:
+        return asyncio.run(post())
+    except aiohttp.ClientError as exc:
+        raise PublishFailed(None, f"cannot reach the hub: {exc.__class__.__name__}") from None
+    except TimeoutError:
+        raise PublishFailed(None, "the hub did not answer within 30s") from None
+
+
+async def _error_message(response: Any) -> str:
+    import aiohttp
+
+    try:
+        return str((await response.json())["message"])
+    except (ValueError, KeyError, TypeError, aiohttp.ClientError):
+        return str(response.reason or "error")
+
+
+class PublishFailed(WsgateError):
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)

@@ -1,0 +1,1 @@
+"""``wsgate up``: the kiosk system on one machine with embedded defaults."""

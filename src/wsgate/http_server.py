@@ -1,0 +1,143 @@
+"""Serving an aiohttp application with the bounds wsgate promises, shared by the hub and the gateway.
+
+aiohttp bounds header sizes but not the time a client may take to send them, so a client trickling one
+header byte a second (slowloris) would hold a connection forever. :class:`GuardedRequestHandler` gives each
+connection a deadline to deliver a complete request head, counted from accept and again after each response;
+:func:`handshake_guard` is the middleware that stops and restarts that clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("wsgate.server")
+
+# aiohttp's own defaults (8190 bytes a line or header, 128 headers), kept explicit because they are a promise.
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 128
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection protocol plus a deadline for each request head."""
+
+    __slots__ = ("_guard", "_guard_timeout")
+
+    def __init__(self, manager: web.Server, *, guard_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard_timeout = guard_timeout
+        self._guard: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.arm_guard()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.disarm_guard()
+        super().connection_lost(exc)
+
+    def arm_guard(self) -> None:
+        if self._guard is None and self.transport is not None:
+            self._guard = asyncio.get_running_loop().call_later(self._guard_timeout, self._guard_expired)
+
+    def disarm_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+
+    def _guard_expired(self) -> None:
+        self._guard = None
+        if self.transport is not None:
+            log.debug("closing a connection that sent no complete request within %.1fs", self._guard_timeout)
+            self.transport.abort()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def handshake_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    protocol = request.protocol
+    if not isinstance(protocol, GuardedRequestHandler):
+        return await handler(request)
+    protocol.disarm_guard()
+    try:
+        return await handler(request)
+    finally:
+        # The connection may carry another request (keep-alive): its head gets a fresh deadline.
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            protocol.arm_guard()
+
+
+class Listener:
+    """An aiohttp application bound to one address, with a handshake deadline on every connection."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        host: str,
+        port: int,
+        handshake_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        shutdown_timeout: float = 10.0,
+        backlog: int = 1024,
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.handshake_timeout = handshake_timeout
+        self.ssl_context = ssl_context
+        self.backlog = backlog
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
+        )
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        manager = self._runner.server
+        assert manager is not None
+        loop = asyncio.get_running_loop()
+
+        def protocol_factory() -> GuardedRequestHandler:
+            return GuardedRequestHandler(
+                manager,
+                loop=loop,
+                guard_timeout=self.handshake_timeout,
+                keepalive_timeout=self.handshake_timeout,
+                # Not aiohttp's access log: it prints query strings, and with them tickets and tokens.
+                access_log=None,
+                max_line_size=MAX_LINE_SIZE,
+                max_field_size=MAX_FIELD_SIZE,
+                max_headers=MAX_HEADERS,
+            )
+
+        self._server = await loop.create_server(
+            protocol_factory,
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            backlog=self.backlog,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None

@@ -1,0 +1,1 @@
+"""The hub: an authenticated publish/subscribe WebSocket server with history and recovery."""

@@ -1,0 +1,316 @@
+"""The hub's state machine: admission, subscriptions with recovery, publishing and fan-out.
+
+Nothing here reads a socket. The aiohttp layer (:mod:`wsgate.hub.app`) calls :meth:`Hub.admit` with the
+request's headers, wraps the accepted WebSocket in a :class:`Session`, and feeds each incoming text message to
+:meth:`Hub.handle_message`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from aiohttp import WSMsgType, web
+
+from wsgate.auth.origins import OriginPolicy
+from wsgate.auth.tokens import Grant, PublishCredentials, TokenVerifier, credential_from_headers
+from wsgate.config import HubConfig
+from wsgate.errors import ProtocolError, WsgateError
+from wsgate.handshake import check_upgrade
+from wsgate.hub import protocol
+from wsgate.hub.broker import Broker, create_broker
+from wsgate.hub.broker.base import PresenceEntry, Published
+from wsgate.hub.frames import server_frame
+from wsgate.hub.metrics import HubMetrics
+from wsgate.hub.session import Session
+
+log = logging.getLogger("wsgate.hub")
+
+# Close codes (RFC 6455 §7.4.1, IANA registry).
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+# A close handshake with a peer that does not answer must not hold a slot forever.
+CLOSE_GRACE = 2.0
+# How long a closed connection's unread output (at most limits.send_queue) may wait for the peer to read it.
+UNREAD_GRACE = 10.0
+
+
+class Overloaded(WsgateError):
+    """The hub is at ``limits.max_connections`` (HTTP 429)."""
+
+    status = 429
+
+
+class Draining(WsgateError):
+    """The hub is shutting down (HTTP 503)."""
+
+    status = 503
+
+
+class Hub:
+    """One hub node: local sessions and subscriptions, backed by a broker for history and other nodes."""
+
+    def __init__(self, config: HubConfig, *, broker: Broker | None = None) -> None:
+        self.config = config
+        self.metrics = HubMetrics()
+        self.broker = broker or create_broker(
+            config.broker, history_size=config.history.size, history_ttl=config.history.ttl
+        )
+        self.origins = OriginPolicy(config.allowed_origins, allow_missing=config.allow_missing_origin)
+        signing = config.signing
+        self.verifier = TokenVerifier(
+            config.tokens,
+            signing.keys if signing else None,
+            audience=signing.audience if signing else None,
+        )
+        self.publishers = PublishCredentials(config.publish_api.tokens, self.verifier)
+        self.draining = False
+        self.sessions: dict[str, Session] = {}
+        self._handshakes = 0
+        # channel -> session id -> session, for sessions that receive live messages.
+        self._live: dict[str, dict[str, Session]] = {}
+        # channel -> session id -> buffered (offset, frame) while that session's recovery is being read.
+        self._pending: dict[str, dict[str, list[tuple[int, bytes]]]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        await self.broker.start(self.deliver)
+
+    async def close(self) -> None:
+        await self.broker.close()
+
+    # --- admission -------------------------------------------------------------------------------------
+
+    def admit(self, method: str, headers: Mapping[str, str]) -> Grant:
+        """Decide a WebSocket handshake; raises an error carrying the HTTP status to answer.
+
+        The order puts cheap refusals first and never touches the credential of a request that is refused
+        for another reason.
+        """
+        if self.draining:
+            raise Draining("the hub is shutting down; reconnect to another node")
+        check_upgrade(method, headers)
+        if len(self.sessions) + self._handshakes >= self.config.limits.max_connections:
+            raise Overloaded("too many connections; retry later")
+        self.origins.check(headers.get("Origin"))
+        token = credential_from_headers(headers, self.config.auth_header)
+        return self.verifier.verify_optional(token)
+
+    def reserve_handshake(self) -> None:
+        self._handshakes += 1
+
+    def release_handshake(self) -> None:
+        self._handshakes -= 1
+
+    def reject(self, reason: str) -> None:
+        self.metrics.rejections.labels(reason).inc()
+
+    # --- sessions --------------------------------------------------------------------------------------
+
+    def open_session(self, ws: web.WebSocketResponse, transport: asyncio.Transport, grant: Grant) -> Session:
+        session = Session(
+            session_id=secrets.token_urlsafe(9),
+            grant=grant,
+            ws=ws,
+            transport=transport,
+            send_limit=self.config.limits.send_queue,
+            connected_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            opened=time.monotonic(),
+            on_overflow=self._on_overflow,
+        )
+        self.sessions[session.id] = session
+        self._idle.clear()
+        self.metrics.connections.inc()
+        if grant.expires_at is not None:
+            # A signed token's lifetime bounds the connection it opened (DESIGN.md §4: 1008 on expiry).
+            delay = max(0.0, grant.expires_at - time.time())
+            session.expiry = asyncio.get_running_loop().call_later(
+                delay, self.close_session_soon, session, POLICY_VIOLATION, "token expired"
+            )
+        return session
+
+    async def end_session(self, session: Session) -> None:
+        """Forget a session whose connection has closed: its subscriptions, presence and slot."""
+        session.closing = True
+        if session.expiry is not None:
+            session.expiry.cancel()
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self.metrics.connections.dec()
+        for channel in list(session.channels):
+            await self._unsubscribe(session, channel)
+        if not self.sessions:
+            self._idle.set()
+
+    def _on_overflow(self, session: Session) -> None:
+        self.metrics.slow_consumers.inc()
+        self.close_session_soon(session, TRY_AGAIN_LATER, "slow consumer")
+
+    def close_session_soon(self, session: Session, code: int, reason: str) -> None:
+        """Ask a session's own task to close it (from timers, fan-out and shutdown).
+
+        The close handshake runs in the session's task so that it can wait for the peer's close frame
+        before the TCP connection goes (RFC 6455 §7.1.1); closing from another task would cut it short.
+        """
+        if session.close_code is not None:
+            return
+        session.closing = True
+        session.close_code = code
+        session.close_reason = reason
+        session.wake()
+
+    async def run_session(self, session: Session) -> None:
+        """The session's task: read client messages until the connection ends or a close is requested."""
+        ws = session.ws
+        try:
+            while session.close_code is None:
+                message = await session.receive()
+                if message is None:  # woken to close
+                    break
+                if message.type is WSMsgType.TEXT:
+                    await self.handle_message(session, message.data)
+                elif message.type is WSMsgType.BINARY:
+                    session.send_error(
+                        "bad_request", "binary frames are not part of the protocol; send JSON text"
+                    )
+                else:  # CLOSE, CLOSING, CLOSED, ERROR: aiohttp has answered the peer already
+                    break
+            if session.close_code is not None and not ws.closed:
+                try:
+                    # aiohttp bounds the wait for the peer's close frame , not the write before it.
+                    async with asyncio.timeout(2 * CLOSE_GRACE):
+                        await ws.close(code=session.close_code, message=session.close_reason.encode())
+                except TimeoutError:
+                    pass  # a peer that does not read holds our close frame behind its unread messages
+        finally:
+            transport = session.transport
+            if not transport.is_closing():
+                transport.close()
+            # Unread output (at most limits.send_queue) may wait a little for the peer; then it goes.
+            asyncio.get_running_loop().call_later(UNREAD_GRACE, transport.abort)  # no-op once closed
+            await self.end_session(session)
+
+    # --- client messages -------------------------------------------------------------------------------
+
+    async def handle_message(self, session: Session, raw: bytes | str) -> None:
+        """Act on one text message from a client; protocol errors are answered, not raised."""
+        try:
+            command = protocol.decode_command(raw)
+            if isinstance(command, protocol.Subscribe):
+                await self.subscribe(session, command)
+            elif isinstance(command, protocol.Unsubscribe):
+                await self.unsubscribe(session, command.channel)
+            else:
+                if not session.grant.can_publish(command.channel):
+                    raise ProtocolError(f"no publish right on channel {command.channel}", code="forbidden")
+                await self.publish(command.channel, command.data, via="websocket")
+        except ProtocolError as exc:
+            session.send_error(exc.code, exc.message)
+
+    async def subscribe(self, session: Session, command: protocol.Subscribe) -> None:
+        channel = command.channel
+        if not session.grant.can_subscribe(channel):
+            raise ProtocolError(f"no subscribe right on channel {channel}", code="forbidden")
+        if channel in session.channels:
+            raise ProtocolError(f"already subscribed to {channel}")
+        if len(session.channels) >= self.config.limits.max_subscriptions:
+            raise ProtocolError("too many subscriptions on this connection", code="limit")
+        session.channels.add(channel)
+        self.metrics.subscriptions.inc()
+
+        # Live messages that arrive while history is being read are held back, then sent after the replay
+        # with duplicates dropped by offset: the client sees every offset once, in order.
+        held: list[tuple[int, bytes]] = []
+        pending = self._pending.setdefault(channel, {})
+        pending[session.id] = held
+        try:
+            if channel not in self._live:
+                self._live[channel] = {}
+                await self.broker.listen(channel)
+            recovery = await self.broker.recover(channel, command.since)
+        finally:
+            del pending[session.id]
+            if not pending:
+                del self._pending[channel]
+        if channel not in session.channels:  # the connection ended meanwhile
+            return
+
+        session.send_text(protocol.subscribed(channel, recovery.epoch, recovery.offset, recovery.recovered))
+        for entry in recovery.missed or ():
+            session.send_text(protocol.message(channel, entry.offset, entry.data))
+        for offset, frame in held:
+            if offset > recovery.offset:
+                session.send(frame)
+        self._live[channel][session.id] = session
+        await self.broker.join(
+            channel, PresenceEntry(session.id, session.grant.subject, session.connected_at)
+        )
+
+    async def unsubscribe(self, session: Session, channel: str) -> None:
+        if channel not in session.channels:
+            raise ProtocolError(f"not subscribed to {channel}")
+        await self._unsubscribe(session, channel)
+
+    async def _unsubscribe(self, session: Session, channel: str) -> None:
+        session.channels.discard(channel)
+        self.metrics.subscriptions.dec()
+        live = self._live.get(channel)
+        if live is not None and live.pop(session.id, None) is not None:
+            await self.broker.leave(channel, session.id)
+            if not live and channel not in self._pending:
+                del self._live[channel]
+                await self.broker.unlisten(channel)
+
+    # --- publishing and fan-out ------------------------------------------------------------------------
+
+    async def publish(self, channel: str, data: str, *, via: str) -> Published:
+        started = time.perf_counter()
+        published = await self.broker.publish(channel, data)
+        self.metrics.publish_latency.observe(time.perf_counter() - started)
+        self.metrics.messages_in.labels(via).inc()
+        return published
+
+    def deliver(self, channel: str, offset: int, data: str) -> None:
+        """Broker callback: encode the message once and write the same frame to every local subscriber."""
+        live = self._live.get(channel)
+        pending = self._pending.get(channel)
+        if not live and not pending:
+            return
+        frame = server_frame(protocol.message(channel, offset, data).encode())
+        if live:
+            for session in live.values():
+                session.send(frame)
+            self.metrics.messages_out.inc(len(live))
+        if pending:
+            for held in pending.values():
+                held.append((offset, frame))
+
+    async def presence(self, channel: str) -> list[PresenceEntry]:
+        return await self.broker.presence(channel)
+
+    # --- shutdown --------------------------------------------------------------------------------------
+
+    async def drain(self, deadline: float) -> None:
+        """Refuse new connections and close every open one with 1001, waiting at most ``deadline`` seconds."""
+        self.draining = True
+        sessions = list(self.sessions.values())
+        if not sessions:
+            return
+        log.info("draining %d connection(s)", len(sessions))
+        for session in sessions:
+            self.close_session_soon(session, GOING_AWAY, "server shutting down")
+        try:
+            async with asyncio.timeout(deadline):
+                await self._idle.wait()
+        except TimeoutError:
+            late = list(self.sessions.values())
+            log.warning("%d connection(s) did not close within %.1fs; dropping them", len(late), deadline)
+            for session in late:
+                session.transport.abort()

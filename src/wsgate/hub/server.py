@@ -1,0 +1,53 @@
+"""Running a hub node: bind, serve, and shut down gracefully."""
+
+from __future__ import annotations
+
+import logging
+
+from wsgate.config import HubConfig
+from wsgate.http_server import Listener
+from wsgate.hub.app import build_app
+from wsgate.hub.core import Hub
+
+log = logging.getLogger("wsgate.hub")
+
+
+class HubServer:
+    """A hub bound to its configured address (port 0 picks a free port; read :attr:`port` after start)."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.hub = Hub(config)
+        self.listener = Listener(
+            build_app(self.hub),
+            host=config.listen.host,
+            port=config.listen.port,
+            handshake_timeout=config.limits.handshake_timeout,
+            shutdown_timeout=config.limits.shutdown_timeout,
+        )
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    @property
+    def url(self) -> str:
+        host = self.config.listen.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.hub.start()
+        try:
+            await self.listener.start()
+        except BaseException:
+            await self.hub.close()
+            raise
+        log.info("hub listening on %s (WebSocket at /ws)", self.url)
+
+    async def stop(self) -> None:
+        """Drain: /healthz and new handshakes answer 503 while open connections close with 1001."""
+        await self.hub.drain(self.config.limits.shutdown_timeout)
+        await self.listener.close()
+        await self.hub.close()
+        log.info("hub stopped")
