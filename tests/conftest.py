@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -55,20 +54,28 @@ def make_hub_config(**overrides: Any) -> HubConfig:
     return replace(config, **overrides)
 
 
-@asynccontextmanager
-async def running_hub(config: HubConfig | None = None) -> AsyncIterator[HubServer]:
-    server = HubServer(config or make_hub_config())
-    await server.start()
-    try:
-        yield server
-    finally:
+StartHub = Callable[..., Awaitable[HubServer]]
+
+
+@pytest.fixture
+async def start_hub() -> AsyncIterator[StartHub]:
+    """Start hubs on free ports; each is stopped after the test, once its clients are closed."""
+    servers: list[HubServer] = []
+
+    async def start(config: HubConfig | None = None) -> HubServer:
+        server = HubServer(config or make_hub_config())
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
         await server.stop()
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[HubServer]:
-    async with running_hub() as server:
-        yield server
+async def hub(start_hub: StartHub) -> HubServer:
+    return await start_hub()
 
 
 @pytest.fixture
@@ -96,7 +103,7 @@ Connect = Callable[..., Awaitable[aiohttp.ClientWebSocketResponse]]
 
 
 @pytest.fixture
-async def connect(http: aiohttp.ClientSession) -> AsyncIterator[Connect]:
+async def connect(http: aiohttp.ClientSession, start_hub: StartHub) -> AsyncIterator[Connect]:
     """Open a WebSocket to a hub; every socket is closed when the test ends."""
     opened: list[aiohttp.ClientWebSocketResponse] = []
 

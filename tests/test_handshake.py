@@ -6,7 +6,7 @@ import pytest
 from multidict import CIMultiDict
 
 from wsgate.errors import HandshakeError
-from wsgate.handshake import check_upgrade
+from wsgate.handshake import check_upgrade, single_header
 from wsgate.hub.frames import close_frame, server_frame
 
 GOOD = {
@@ -57,6 +57,17 @@ def test_bad_upgrades_are_refused_with_the_right_status(
     with pytest.raises(HandshakeError) as info:
         check_upgrade(method, headers(**changes))
     assert info.value.status == status
+
+
+def test_a_repeated_origin_is_malformed_not_guessed_at() -> None:
+    repeated = headers()
+    repeated.add("Origin", "https://kiosk.example.org")
+    repeated.add("Origin", "https://evil.example.com")
+    with pytest.raises(HandshakeError) as info:
+        single_header(repeated, "Origin")
+    assert info.value.status == 400
+    assert single_header(headers(), "Origin") is None
+    assert single_header({"Origin": "https://a.example"}, "Origin") == "https://a.example"
 
 
 def test_version_refusal_names_the_supported_version() -> None:

@@ -19,14 +19,15 @@ from tests.conftest import (
     ORIGIN,
     TIMEOUT,
     Connect,
+    StartHub,
     bearer,
     kiosk_headers,
     make_hub_config,
     receive_json,
-    running_hub,
     subscribe,
     ws_url,
 )
+from tests.wsraw import raw_websocket
 from wsgate.auth.tokens import mint_token
 from wsgate.config import SigningConfig
 from wsgate.hub.server import HubServer
@@ -139,25 +140,29 @@ async def test_origin_normalisation_accepts_equivalent_forms(
     await subscribe(ws, "kiosks")
 
 
-async def test_null_origin_is_accepted_only_when_listed_literally(connect: Connect) -> None:
-    async with running_hub(make_hub_config(allowed_origins=("null",))) as server:
-        ws = await connect(server, kiosk_headers(origin="null"))
-        await subscribe(ws, "kiosks")
+async def test_null_origin_is_accepted_only_when_listed_literally(
+    start_hub: StartHub, connect: Connect
+) -> None:
+    server = await start_hub(make_hub_config(allowed_origins=("null",)))
+    ws = await connect(server, kiosk_headers(origin="null"))
+    await subscribe(ws, "kiosks")
 
 
-async def test_missing_origin_allowed_when_configured(connect: Connect) -> None:
-    async with running_hub(make_hub_config(allow_missing_origin=True)) as server:
-        ws = await connect(server, kiosk_headers(origin=None))
-        await subscribe(ws, "kiosks")
+async def test_missing_origin_allowed_when_configured(start_hub: StartHub, connect: Connect) -> None:
+    server = await start_hub(make_hub_config(allow_missing_origin=True))
+    ws = await connect(server, kiosk_headers(origin=None))
+    await subscribe(ws, "kiosks")
 
 
-async def test_the_seeds_token_header_style(connect: Connect, http: aiohttp.ClientSession) -> None:
-    async with running_hub(make_hub_config(auth_header="token")) as server:
-        ws = await connect(server, {"token": KIOSK_TOKEN, "Origin": ORIGIN})
-        await subscribe(ws, "kiosks")
-        # With a custom header, a bearer Authorization header is not a credential.
-        status, _ = await handshake_status(http, server, upgrade_headers(**kiosk_headers()))
-        assert status == 401
+async def test_the_seeds_token_header_style(
+    start_hub: StartHub, connect: Connect, http: aiohttp.ClientSession
+) -> None:
+    server = await start_hub(make_hub_config(auth_header="token"))
+    ws = await connect(server, {"token": KIOSK_TOKEN, "Origin": ORIGIN})
+    await subscribe(ws, "kiosks")
+    # With a custom header, a bearer Authorization header is not a credential.
+    status, _ = await handshake_status(http, server, upgrade_headers(**kiosk_headers()))
+    assert status == 401
 
 
 async def test_signed_token_connects_with_its_rights(hub: HubServer, connect: Connect) -> None:
@@ -190,19 +195,21 @@ async def test_bad_signed_tokens_are_401(hub: HubServer, http: aiohttp.ClientSes
     assert value not in body
 
 
-async def test_audience_is_enforced_when_configured(http: aiohttp.ClientSession, connect: Connect) -> None:
+async def test_audience_is_enforced_when_configured(
+    start_hub: StartHub, http: aiohttp.ClientSession, connect: Connect
+) -> None:
     base = make_hub_config()
     assert base.signing is not None
     config = replace(base, signing=SigningConfig(keys=base.signing.keys, audience="wsgate-hub"))
-    async with running_hub(config) as server:
-        status, _ = await handshake_status(http, server, upgrade_headers(**kiosk_headers(token=signed())))
-        assert status == 401
-        status, _ = await handshake_status(
-            http, server, upgrade_headers(**kiosk_headers(token=signed(audience="other")))
-        )
-        assert status == 401
-        ws = await connect(server, kiosk_headers(token=signed(audience="wsgate-hub")))
-        await subscribe(ws, "kiosks")
+    server = await start_hub(config)
+    status, _ = await handshake_status(http, server, upgrade_headers(**kiosk_headers(token=signed())))
+    assert status == 401
+    status, _ = await handshake_status(
+        http, server, upgrade_headers(**kiosk_headers(token=signed(audience="other")))
+    )
+    assert status == 401
+    ws = await connect(server, kiosk_headers(token=signed(audience="wsgate-hub")))
+    await subscribe(ws, "kiosks")
 
 
 async def test_connection_closes_with_1008_when_its_signed_token_expires(
@@ -222,14 +229,23 @@ async def test_static_token_connection_has_no_expiry(hub: HubServer, connect: Co
         await ws.receive(timeout=0.3)
 
 
-async def test_too_many_connections_is_429(http: aiohttp.ClientSession, connect: Connect) -> None:
-    async with running_hub(make_hub_config(limits={"max_connections": 2})) as server:
-        await connect(server)
-        await connect(server)
-        status, _ = await handshake_status(http, server, upgrade_headers(**kiosk_headers()))
-        assert status == 429
-        snapshot = await (await http.get(server.url + "/metrics")).text()
-        assert 'wsgate_hub_rejections_total{reason="too_many_connections"} 1.0' in snapshot
+async def test_too_many_connections_is_429(
+    start_hub: StartHub, http: aiohttp.ClientSession, connect: Connect
+) -> None:
+    server = await start_hub(make_hub_config(limits={"max_connections": 2}))
+    await connect(server)
+    await connect(server)
+    status, _ = await handshake_status(http, server, upgrade_headers(**kiosk_headers()))
+    assert status == 429
+    snapshot = await (await http.get(server.url + "/metrics")).text()
+    assert 'wsgate_hub_rejections_total{reason="too_many_connections"} 1.0' in snapshot
+
+
+async def test_two_origin_headers_are_refused_as_malformed(hub: HubServer) -> None:
+    pairs = [*kiosk_headers().items(), ("Origin", "https://evil.example.com")]
+    raw = await raw_websocket("127.0.0.1", hub.port, pairs)
+    assert raw.status == 400
+    raw.close()
 
 
 async def test_a_credential_in_the_query_string_is_not_accepted(

@@ -12,11 +12,11 @@ import pytest
 from tests.conftest import (
     TIMEOUT,
     Connect,
+    StartHub,
     kiosk_headers,
     make_hub_config,
     publish_http,
     receive_json,
-    running_hub,
     subscribe,
     wait_for,
     ws_url,
@@ -26,88 +26,88 @@ from wsgate.hub.server import HubServer
 
 
 async def test_slow_consumer_is_closed_with_1013_while_others_keep_receiving(
-    connect: Connect, http: aiohttp.ClientSession
+    start_hub: StartHub, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
     config = make_hub_config(limits={"send_queue": 64 * 1024})
-    async with running_hub(config) as server:
-        good = await connect(server)
-        await subscribe(good, "kiosks")
-        slow = await raw_websocket("127.0.0.1", server.port, kiosk_headers(), receive_buffer=4096)
-        assert slow.status == 101
-        await slow.send_text(json.dumps({"type": "subscribe", "channel": "kiosks"}))
-        opcode, payload = await slow.read_frame()
-        assert opcode == 0x1
-        assert json.loads(payload)["type"] == "subscribed"
-        # From here on the slow client reads nothing.
+    server = await start_hub(config)
+    good = await connect(server)
+    await subscribe(good, "kiosks")
+    slow = await raw_websocket("127.0.0.1", server.port, kiosk_headers(), receive_buffer=4096)
+    assert slow.status == 101
+    await slow.send_text(json.dumps({"type": "subscribe", "channel": "kiosks"}))
+    opcode, payload = await slow.read_frame()
+    assert opcode == 0x1
+    assert json.loads(payload)["type"] == "subscribed"
+    # From here on the slow client reads nothing.
 
-        received: list[int] = []
+    received: list[int] = []
 
-        async def drain_good() -> None:
-            while True:
-                received.append((await receive_json(good))["offset"])
+    async def drain_good() -> None:
+        while True:
+            received.append((await receive_json(good))["offset"])
 
-        async def slow_consumers_dropped() -> bool:
-            async with http.get(server.url + "/metrics") as response:
-                return "wsgate_hub_slow_consumers_total 1.0" in await response.text()
+    async def slow_consumers_dropped() -> bool:
+        async with http.get(server.url + "/metrics") as response:
+            return "wsgate_hub_slow_consumers_total 1.0" in await response.text()
 
-        reader = asyncio.create_task(drain_good())
-        payload_data = "x" * 16_000
-        published = 0
-        try:
-            # Bounded: 16 kB x 1000 = 16 MB at most; kernel buffers plus 64 KiB fill long before.
-            while published < 1000 and not (published % 10 == 0 and await slow_consumers_dropped()):
-                published = (await publish_http(http, server, "kiosks", payload_data))["offset"]
-            assert await slow_consumers_dropped(), "the slow consumer was never disconnected"
-            await wait_for(lambda: len(received) == published, what="the good client to receive everything")
-        finally:
-            reader.cancel()
-        assert received == list(range(1, published + 1))
+    reader = asyncio.create_task(drain_good())
+    payload_data = "x" * 16_000
+    published = 0
+    try:
+        # Bounded: 16 kB x 1000 = 16 MB at most; kernel buffers plus 64 KiB fill long before.
+        while published < 1000 and not (published % 10 == 0 and await slow_consumers_dropped()):
+            published = (await publish_http(http, server, "kiosks", payload_data))["offset"]
+        assert await slow_consumers_dropped(), "the slow consumer was never disconnected"
+        await wait_for(lambda: len(received) == published, what="the good client to receive everything")
+    finally:
+        reader.cancel()
+    assert received == list(range(1, published + 1))
 
-        # The slow client, reading at last, finds the messages it was sent and then the reason: 1013.
-        code, frames = await asyncio.wait_for(slow.read_until_close(), TIMEOUT)
-        assert code == 1013
-        assert [json.loads(payload)["offset"] for _, payload in frames] == list(range(1, len(frames) + 1))
-        slow.close()
-        await wait_for(lambda: len(server.hub.sessions) == 1, what="the slow consumer's slot to be freed")
-
-
-async def test_oversized_message_is_closed_with_1009(connect: Connect) -> None:
-    async with running_hub(make_hub_config(limits={"max_message": 1024})) as server:
-        ws = await connect(server)
-        await ws.send_str(json.dumps({"type": "publish", "channel": "kiosks", "data": "x" * 2000}))
-        message = await ws.receive(timeout=TIMEOUT)
-        assert message.type is aiohttp.WSMsgType.CLOSE
-        assert ws.close_code == 1009
-        # Others are unaffected.
-        other = await connect(server)
-        await subscribe(other, "kiosks")
+    # The slow client, reading at last, finds the messages it was sent and then the reason: 1013.
+    code, frames = await asyncio.wait_for(slow.read_until_close(), TIMEOUT)
+    assert code == 1013
+    assert [json.loads(payload)["offset"] for _, payload in frames] == list(range(1, len(frames) + 1))
+    slow.close()
+    await wait_for(lambda: len(server.hub.sessions) == 1, what="the slow consumer's slot to be freed")
 
 
-async def test_a_client_that_never_completes_its_request_is_cut_off() -> None:
-    async with running_hub(make_hub_config(limits={"handshake_timeout": 0.5})) as server:
-        silent_reader, silent = await open_raw("127.0.0.1", server.port)
-        trickle_reader, trickle = await open_raw("127.0.0.1", server.port)
-        trickle.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # … and the rest never comes
-        for reader in (silent_reader, trickle_reader):
-            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
-        silent.close()
-        trickle.close()
+async def test_oversized_message_is_closed_with_1009(start_hub: StartHub, connect: Connect) -> None:
+    server = await start_hub(make_hub_config(limits={"max_message": 1024}))
+    ws = await connect(server)
+    await ws.send_str(json.dumps({"type": "publish", "channel": "kiosks", "data": "x" * 2000}))
+    message = await ws.receive(timeout=TIMEOUT)
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == 1009
+    # Others are unaffected.
+    other = await connect(server)
+    await subscribe(other, "kiosks")
 
 
-async def test_dead_peer_is_detected_by_ping(connect: Connect) -> None:
-    async with running_hub(make_hub_config(limits={"ping_interval": 0.3})) as server:
-        alive = await connect(server)
-        # aiohttp answers pings while a receive() is pending: keep one pending, waiting for our answer.
-        answer = asyncio.create_task(receive_json(alive))
-        mute = await raw_websocket("127.0.0.1", server.port, kiosk_headers())  # never answers
-        assert mute.status == 101
-        opcode, _ = await asyncio.wait_for(mute.read_frame(), TIMEOUT)
-        assert opcode == 0x9  # ping
-        await asyncio.wait_for(mute.read_until_close(), TIMEOUT)  # the hub hangs up
-        await wait_for(lambda: len(server.hub.sessions) == 1, what="the mute peer to be dropped")
-        await alive.send_json({"type": "subscribe", "channel": "kiosks"})
-        assert (await answer)["type"] == "subscribed"
-        mute.close()
+async def test_a_client_that_never_completes_its_request_is_cut_off(start_hub: StartHub) -> None:
+    server = await start_hub(make_hub_config(limits={"handshake_timeout": 0.5}))
+    silent_reader, silent = await open_raw("127.0.0.1", server.port)
+    trickle_reader, trickle = await open_raw("127.0.0.1", server.port)
+    trickle.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # … and the rest never comes
+    for reader in (silent_reader, trickle_reader):
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    silent.close()
+    trickle.close()
+
+
+async def test_dead_peer_is_detected_by_ping(start_hub: StartHub, connect: Connect) -> None:
+    server = await start_hub(make_hub_config(limits={"ping_interval": 0.3}))
+    alive = await connect(server)
+    # aiohttp answers pings while a receive() is pending: keep one pending, waiting for our answer.
+    answer = asyncio.create_task(receive_json(alive))
+    mute = await raw_websocket("127.0.0.1", server.port, kiosk_headers())  # never answers
+    assert mute.status == 101
+    opcode, _ = await asyncio.wait_for(mute.read_frame(), TIMEOUT)
+    assert opcode == 0x9  # ping
+    await asyncio.wait_for(mute.read_until_close(), TIMEOUT)  # the hub hangs up
+    await wait_for(lambda: len(server.hub.sessions) == 1, what="the mute peer to be dropped")
+    await alive.send_json({"type": "subscribe", "channel": "kiosks"})
+    assert (await answer)["type"] == "subscribed"
+    mute.close()
 
 
 async def test_graceful_shutdown_closes_with_1001_and_healthz_turns_503(

@@ -13,12 +13,12 @@ from tests.conftest import (
     PUBLISH_TOKEN,
     TIMEOUT,
     Connect,
+    StartHub,
     bearer,
     kiosk_headers,
     make_hub_config,
     publish_http,
     receive_json,
-    running_hub,
     subscribe,
 )
 from wsgate.config import HistoryConfig
@@ -147,35 +147,36 @@ async def test_recovery_with_nothing_missed_is_recovered_and_silent(
 
 
 async def test_recovery_fails_loudly_after_trimming_or_with_another_epoch(
-    connect: Connect, http: aiohttp.ClientSession
+    start_hub: StartHub, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
-    async with running_hub(make_hub_config(history=HistoryConfig(size=3, ttl=600.0))) as server:
-        first = await publish_http(http, server, "kiosks", 1)
-        for i in range(2, 7):
-            await publish_http(http, server, "kiosks", i)
-        ws = await connect(server)
-        trimmed = await subscribe(ws, "kiosks", since={"epoch": first["epoch"], "offset": 1})
-        assert trimmed["recovered"] is False
-        assert trimmed["offset"] == 6
-        other = await connect(server)
-        stale = await subscribe(other, "kiosks", since={"epoch": "not-this-epoch", "offset": 5})
-        assert stale["recovered"] is False
-        # No replay after a failed recovery: the client resyncs, then gets live messages only.
-        await publish_http(http, server, "kiosks", 7)
-        assert (await receive_json(ws))["offset"] == 7
-        assert (await receive_json(other))["offset"] == 7
+    server = await start_hub(make_hub_config(history=HistoryConfig(size=3, ttl=600.0)))
+    first = await publish_http(http, server, "kiosks", 1)
+    for i in range(2, 7):
+        await publish_http(http, server, "kiosks", i)
+    ws = await connect(server)
+    trimmed = await subscribe(ws, "kiosks", since={"epoch": first["epoch"], "offset": 1})
+    assert trimmed["recovered"] is False
+    assert trimmed["offset"] == 6
+    other = await connect(server)
+    stale = await subscribe(other, "kiosks", since={"epoch": "not-this-epoch", "offset": 5})
+    assert stale["recovered"] is False
+    # No replay after a failed recovery: the client resyncs, then gets live messages only.
+    await publish_http(http, server, "kiosks", 7)
+    assert (await receive_json(ws))["offset"] == 7
+    assert (await receive_json(other))["offset"] == 7
 
 
 async def test_history_of_a_restarted_hub_has_a_new_epoch(
-    connect: Connect, http: aiohttp.ClientSession
+    start_hub: StartHub, connect: Connect, http: aiohttp.ClientSession
 ) -> None:
-    async with running_hub() as server:
-        before = await publish_http(http, server, "kiosks", 1)
-    async with running_hub() as server:
-        ws = await connect(server)
-        answer = await subscribe(ws, "kiosks", since={"epoch": before["epoch"], "offset": 1})
-        assert answer["recovered"] is False
-        assert answer["epoch"] != before["epoch"]
+    first = await start_hub()
+    before = await publish_http(http, first, "kiosks", 1)
+    await first.stop()
+    server = await start_hub()
+    ws = await connect(server)
+    answer = await subscribe(ws, "kiosks", since={"epoch": before["epoch"], "offset": 1})
+    assert answer["recovered"] is False
+    assert answer["epoch"] != before["epoch"]
 
 
 async def test_presence_lists_subscribers_with_subject_and_connect_time(

@@ -75,8 +75,15 @@ async def open_raw(
 
 
 async def raw_websocket(
-    host: str, port: int, headers: dict[str, str], *, path: str = "/ws", receive_buffer: int | None = None
+    host: str,
+    port: int,
+    headers: dict[str, str] | list[tuple[str, str]],
+    *,
+    path: str = "/ws",
+    receive_buffer: int | None = None,
 ) -> RawWebSocket:
+    """Open a WebSocket by hand; ``headers`` may be a list of pairs to send a header more than once."""
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
     reader, writer = await open_raw(host, port, receive_buffer=receive_buffer)
     lines = [
         f"GET {path} HTTP/1.1",
@@ -85,7 +92,7 @@ async def raw_websocket(
         "Connection: Upgrade",
         "Sec-WebSocket-Version: 13",
         f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
-        *(f"{name}: {value}" for name, value in headers.items()),
+        *(f"{name}: {value}" for name, value in pairs),
     ]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()

@@ -18,6 +18,19 @@ def header_tokens(value: str | None) -> set[str]:
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
+def single_header(headers: Mapping[str, str], name: str) -> str | None:
+    """The one value of a header that must not repeat, or ``None`` when absent.
+
+    Two ``Origin`` headers (RFC 6454 §7.2 forbids it) would let a check read one while a later hop trusts
+    the other; such a request is refused rather than guessed at.
+    """
+    getall = getattr(headers, "getall", None)
+    values: list[str] = getall(name, []) if getall is not None else [headers[name]] if name in headers else []
+    if len(values) > 1:
+        raise HandshakeError(400, f"more than one {name} header")
+    return values[0] if values else None
+
+
 def check_upgrade(method: str, headers: Mapping[str, str]) -> None:
     """Raise :class:`HandshakeError` unless the request is a well-formed WebSocket upgrade.
 

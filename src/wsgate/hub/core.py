@@ -20,7 +20,7 @@ from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import Grant, PublishCredentials, TokenVerifier, credential_from_headers
 from wsgate.config import HubConfig
 from wsgate.errors import ProtocolError, WsgateError
-from wsgate.handshake import check_upgrade
+from wsgate.handshake import check_upgrade, single_header
 from wsgate.hub import protocol
 from wsgate.hub.broker import Broker, create_broker
 from wsgate.hub.broker.base import PresenceEntry, Published
@@ -99,7 +99,7 @@ class Hub:
         check_upgrade(method, headers)
         if len(self.sessions) + self._handshakes >= self.config.limits.max_connections:
             raise Overloaded("too many connections; retry later")
-        self.origins.check(headers.get("Origin"))
+        self.origins.check(single_header(headers, "Origin"))
         token = credential_from_headers(headers, self.config.auth_header)
         return self.verifier.verify_optional(token)
 

@@ -18,6 +18,7 @@ class HubServer:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self.hub = Hub(config)
+        self._stopped = False
         self.listener = Listener(
             build_app(self.hub),
             host=config.listen.host,
@@ -46,7 +47,12 @@ class HubServer:
         log.info("hub listening on %s (WebSocket at /ws)", self.url)
 
     async def stop(self) -> None:
-        """Drain: /healthz and new handshakes answer 503 while open connections close with 1001."""
+        """Drain: /healthz and new handshakes answer 503 while open connections close with 1001.
+
+        Stopping a stopped server does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self.hub.drain(self.config.limits.shutdown_timeout)
         await self.listener.close()
         await self.hub.close()

@@ -1,0 +1,1 @@
+"""Benchmarks for wsgate; each module runs on its own (``python benchmarks/<name>.py``)."""
