@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 from wsgate import logs
@@ -25,10 +26,20 @@ def write_env_file(path: Path, values: dict[str, str]) -> None:
         out.writelines(f"{name}={value}\n" for name, value in values.items())
 
 
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def run(*, host: str, port: int) -> int:
     from wsgate.cli import run_async, serve_until_signalled
     from wsgate.hub.server import HubServer
 
+    if port == 0:
+        # The allowed Origin names the port, so it must be known before the hub starts.
+        port = free_port(host)
     client_token = secrets.token_urlsafe(32)
     publish_token = secrets.token_urlsafe(32)
     origin_host = f"[{host}]" if ":" in host else host
