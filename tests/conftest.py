@@ -20,6 +20,7 @@ from wsgate.config import (
     SigningConfig,
     StaticToken,
 )
+from wsgate.hub.broker import Broker
 from wsgate.hub.server import HubServer
 from wsgate.secret import Secret
 
@@ -62,8 +63,8 @@ async def start_hub() -> AsyncIterator[StartHub]:
     """Start hubs on free ports; each is stopped after the test, once its clients are closed."""
     servers: list[HubServer] = []
 
-    async def start(config: HubConfig | None = None) -> HubServer:
-        server = HubServer(config or make_hub_config())
+    async def start(config: HubConfig | None = None, broker: Broker | None = None) -> HubServer:
+        server = HubServer(config or make_hub_config(), broker=broker)
         await server.start()
         servers.append(server)
         return server

@@ -424,7 +424,11 @@ def test_file_substitution_with_absolute_path_and_surrounding_text(tmp_path: Pat
 
 
 def test_dollar_dollar_is_a_literal_dollar(tmp_path: Path) -> None:
-    text = '[hub]\n[[hub.tokens]]\nname = "cost$$5 and $HOME and ${WS_TOKEN}$$"\ntoken = "a$$b$$$$c"\n'
+    # auth_header = "token": a raw header value may hold "$", a Bearer token may not.
+    text = (
+        '[hub]\nauth_header = "token"\n[[hub.tokens]]\n'
+        'name = "cost$$5 and $HOME and ${WS_TOKEN}$$"\ntoken = "a$$b$$$$c"\n'
+    )
     hub = load(tmp_path, text).hub
     assert hub is not None
     assert hub.tokens[0].name == f"cost$5 and $HOME and {SECRETS['WS_TOKEN']}$"
@@ -909,3 +913,27 @@ def test_render_masks_the_broker_password(tmp_path: Path) -> None:
     text = render_config(config)
     assert "hunter2-password" not in text
     assert 'broker = "redis://user:***@redis.internal:6379/0"' in text
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[hub]\n[[hub.tokens]]\nname = "k"\ntoken = "has space-0123456789"\n', "hub.tokens[0].token"),
+        ('[hub]\n[hub.publish_api]\ntokens = ["dollar$$sign-0123456789"]\n', "hub.publish_api.tokens[0]"),
+        (
+            '[hub]\n[[hub.tokens]]\nname = "k"\ntoken = "t-0123456789"\nsubscribe = ["kiosks "]\n',
+            "hub.tokens[0].subscribe[0]",
+        ),
+        (
+            '[hub]\n[[hub.tokens]]\nname = "k"\ntoken = "t-0123456789"\npublish = ["a*b"]\n',
+            "hub.tokens[0].publish[0]",
+        ),
+    ],
+)
+def test_credentials_that_could_never_be_presented_and_rights_that_match_nothing_are_errors(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    assert info.value.key == key
+    assert "0123456789" not in str(info.value)

@@ -207,8 +207,8 @@ def run_token(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--ttl: {exc}") from None
     channels = tuple(args.channel)
-    print(
-        mint_token(
+    try:
+        token = mint_token(
             key=key,
             kid=args.kid,
             subject=args.sub,
@@ -217,7 +217,9 @@ def run_token(args: argparse.Namespace) -> int:
             publish=channels if args.publish else (),
             audience=args.audience,
         )
-    )
+    except ValueError as exc:  # the messages name the problem, never the key
+        raise UsageError(str(exc)) from None
+    print(token)
     return EXIT_OK
 
 

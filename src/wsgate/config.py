@@ -123,7 +123,10 @@ class SigningConfig:
 
 @dataclass(frozen=True, slots=True)
 class PublishApiConfig:
-    """Bearer tokens accepted by ``POST /api/publish`` and ``GET /api/presence``. Empty: the API is off."""
+    """Bearer tokens that may publish on every channel through ``POST /api/publish`` and read presence.
+
+    Static and signed tokens with a publish right may use the HTTP API for their channels too; with no
+    tokens here and no such rights, nothing can publish over HTTP."""
 
     tokens: tuple[Secret, ...] = ()
 
@@ -490,6 +493,9 @@ class _Table:
     def strings(self, name: str) -> tuple[str, ...]:
         return tuple(_as_text(item, key, self.ctx) for item, key in self.array(name))
 
+    def channel_patterns(self, name: str) -> tuple[str, ...]:
+        return tuple(_channel_pattern(item, key, self.ctx) for item, key in self.array(name))
+
     def boolean(self, name: str, default: bool) -> bool:
         value = self.get(name)
         if value is _MISSING:
@@ -575,6 +581,33 @@ def _as_secret(value: object, key: str, ctx: _Context) -> Secret:
     if not text:
         raise ConfigError(key, "is empty", "set the secret, e.g. from ${NAME} or ${file:PATH}")
     return Secret(text)
+
+
+# Channel rights: a channel name (hub/protocol.py's alphabet), optionally ending in "*" for a prefix.
+_CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_.:@/-]{0,200}\*?")
+# RFC 6750 §2.1 b64token: what may follow "Bearer " in an Authorization header.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _channel_pattern(value: object, key: str, ctx: _Context) -> str:
+    text = _as_text(value, key, ctx)
+    if not _CHANNEL_PATTERN.fullmatch(text):
+        problem = f"{text[:60]!r} is not a channel name or prefix pattern"
+        fix = 'use 1-200 characters of A-Z a-z 0-9 _ . : @ / -, optionally ending in "*", like "kiosk:*"'
+        raise ConfigError(key, problem, fix)
+    return text
+
+
+def _bearer_secret(value: object, key: str, ctx: _Context) -> Secret:
+    """A credential presented as ``Authorization: Bearer <token>``: it must be a b64token to be sendable."""
+    secret = _header_secret(value, key, ctx)
+    if not _BEARER_TOKEN.fullmatch(secret.reveal()):
+        problem = (
+            "cannot be sent as 'Authorization: Bearer <token>' (RFC 6750 allows A-Z a-z 0-9 - . _ ~ + / =)"
+        )
+        fix = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        raise ConfigError(key, problem, fix)
+    return secret
 
 
 def _header_secret(value: object, key: str, ctx: _Context) -> Secret:
@@ -796,7 +829,10 @@ def _parse_hub(table: _Table) -> HubConfig:
         broker=table.convert("broker", default.broker, _broker),
         history=_parse_history(table.section("history", ("size", "ttl"))),
         limits=_parse_hub_limits(table.section("limits", _HUB_LIMIT_KEYS)),
-        tokens=_parse_static_tokens(table.tables("tokens", ("name", "token", "subscribe", "publish"))),
+        tokens=_parse_static_tokens(
+            table.tables("tokens", ("name", "token", "subscribe", "publish")),
+            bearer=table.convert("auth_header", default.auth_header, _auth_header) == "authorization",
+        ),
         signing=_parse_signing(table.table("signing", ("keys", "audience"))),
         publish_api=_parse_publish_api(table.section("publish_api", ("tokens",))),
     )
@@ -828,7 +864,7 @@ def _parse_hub_limits(table: _Table) -> HubLimits:
     return limits
 
 
-def _parse_static_tokens(tables: list[_Table]) -> tuple[StaticToken, ...]:
+def _parse_static_tokens(tables: list[_Table], *, bearer: bool) -> tuple[StaticToken, ...]:
     tokens: list[StaticToken] = []
     names: dict[str, str] = {}
     values: dict[Secret, str] = {}
@@ -838,14 +874,15 @@ def _parse_static_tokens(tables: list[_Table]) -> tuple[StaticToken, ...]:
             problem = f"duplicate token name {name!r}, also used by {names[name]}"
             raise ConfigError(table.key("name"), problem, "give each token its own name")
         names[name] = table.key("name")
-        token = table.required_value("token", _header_secret)
+        token = table.required_value("token", _bearer_secret if bearer else _header_secret)
         if token in values:
             # Two entries with one token: which rights it grants would depend on the order of the file.
             raise ConfigError(
                 table.key("token"), f"the same token as {values[token]}", "give each entry its own"
             )
         values[token] = table.key("token")
-        tokens.append(StaticToken(name, token, table.strings("subscribe"), table.strings("publish")))
+        subscribe, publish = table.channel_patterns("subscribe"), table.channel_patterns("publish")
+        tokens.append(StaticToken(name, token, subscribe, publish))
     return tuple(tokens)
 
 
@@ -868,7 +905,7 @@ def _parse_signing(table: _Table | None) -> SigningConfig | None:
 
 def _parse_publish_api(table: _Table) -> PublishApiConfig:
     return PublishApiConfig(
-        tuple(_header_secret(item, key, table.ctx) for item, key in table.array("tokens"))
+        tuple(_bearer_secret(item, key, table.ctx) for item, key in table.array("tokens"))
     )
 
 
@@ -1018,8 +1055,8 @@ def _parse_mint(table: _Table | None, headers: Mapping[str, Secret], websocket: 
         key=table.required_value("key", _signing_key),
         ttl=table.duration("ttl", default.ttl),
         subject=table.convert("subject", default.subject, _subject),
-        subscribe=table.strings("subscribe"),
-        publish=table.strings("publish"),
+        subscribe=table.channel_patterns("subscribe"),
+        publish=table.channel_patterns("publish"),
         kid=table.optional_string("kid"),
         audience=table.optional_string("audience"),
         header=table.convert("header", default.header, _mint_header),

@@ -28,7 +28,9 @@ _DURATION_FORM = "a number and a unit (ms, s, m, h or d), like '250ms', '30s' or
 _BINARY_UNITS: dict[str, int] = {"TiB": 1024**4, "GiB": 1024**3, "MiB": 1024**2, "KiB": 1024}
 _DECIMAL_UNITS: dict[str, int] = {"TB": 1000**4, "GB": 1000**3, "MB": 1000**2, "kB": 1000}
 _SIZE_UNITS: dict[str, int] = {**_BINARY_UNITS, **_DECIMAL_UNITS, "B": 1}
-_SIZE_FORM = "a whole number of bytes, or a number and a unit (B, kB, MB, GB, KiB, MiB, GiB), like '64KiB'"
+_SIZE_FORM = (
+    "a whole number of bytes, or a number and a unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), like '64KiB'"
+)
 
 _NUMBER_AND_UNIT = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[A-Za-z]*)")
 

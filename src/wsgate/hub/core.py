@@ -239,8 +239,6 @@ class Hub:
             del pending[session.id]
             if not pending:
                 del self._pending[channel]
-        if channel not in session.channels:  # the connection ended meanwhile
-            return
 
         session.send_text(protocol.subscribed(channel, recovery.epoch, recovery.offset, recovery.recovered))
         for entry in recovery.missed or ():
@@ -264,9 +262,13 @@ class Hub:
         live = self._live.get(channel)
         if live is not None and live.pop(session.id, None) is not None:
             await self.broker.leave(channel, session.id)
-            if not live and channel not in self._pending:
-                del self._live[channel]
-                await self.broker.unlisten(channel)
+        await self._release_if_unused(channel)
+
+    async def _release_if_unused(self, channel: str) -> None:
+        """Stop listening to a channel once no local session receives it or is about to."""
+        if channel in self._live and not self._live[channel] and channel not in self._pending:
+            del self._live[channel]
+            await self.broker.unlisten(channel)
 
     # --- publishing and fan-out ------------------------------------------------------------------------
 

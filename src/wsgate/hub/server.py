@@ -7,6 +7,7 @@ import logging
 from wsgate.config import HubConfig
 from wsgate.http_server import Listener
 from wsgate.hub.app import build_app
+from wsgate.hub.broker import Broker
 from wsgate.hub.core import Hub
 
 log = logging.getLogger("wsgate.hub")
@@ -15,9 +16,9 @@ log = logging.getLogger("wsgate.hub")
 class HubServer:
     """A hub bound to its configured address (port 0 picks a free port; read :attr:`port` after start)."""
 
-    def __init__(self, config: HubConfig) -> None:
+    def __init__(self, config: HubConfig, *, broker: Broker | None = None) -> None:
         self.config = config
-        self.hub = Hub(config)
+        self.hub = Hub(config, broker=broker)
         self._stopped = False
         self.listener = Listener(
             build_app(self.hub),
