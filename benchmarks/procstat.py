@@ -1,5 +1,5 @@
-"""Reading another process's CPU time and memory from ``/proc`` (Linux), so a benchmark can charge each process
-for its own work instead of timing everything from the outside."""
+"""Reading a process's CPU time and memory from ``/proc`` (Linux), so a benchmark can charge each process for
+its own work instead of timing everything from the outside."""
 
 from __future__ import annotations
 
@@ -9,16 +9,37 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these ticks (usually 100 Hz)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process (all its threads) has used so far, in seconds.
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time the process (all its threads) has used so far, in seconds.
 
     Resolution is one clock tick (10 ms at 100 Hz): measure windows of a second or more.
     """
     raw = Path(f"/proc/{pid}/stat").read_text()
     # Field 2 (comm) is in parentheses and may hold spaces or ')'; the fields after the last ')' are plain.
     fields = raw[raw.rindex(")") + 2 :].split()
-    # Fields 14 (utime) and 15 (stime) of proc(5), counted from 1 with comm as 2: here at index 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    # proc(5) fields 14 (utime) and 15 (stime), counted from 1 with comm as 2: here at index 11 and 12.
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process, in seconds (see :func:`cpu_times`)."""
+    user, system = cpu_times(pid)
+    return user + system
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the process's threads have spent runnable but waiting for a CPU.
+
+    From ``/proc/<pid>/task/*/schedstat`` (second field, ns). It grows when processes compete for too few
+    cores; 0.0 if the kernel keeps no schedstats.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile, or no schedstats
+    return total / 1e9
 
 
 def rss_bytes(pid: int) -> int:
@@ -30,6 +51,6 @@ def rss_bytes(pid: int) -> int:
 
 
 def maps_library(pid: int, name: str) -> bool:
-    """Whether a shared object whose path contains ``name`` is mapped into the process (e.g. ``uvloop/loop``)."""
+    """Whether a file whose path contains ``name`` is mapped into the process (e.g. ``uvloop/loop``)."""
     with open(f"/proc/{pid}/maps") as maps:
         return any(name in line for line in maps)
