@@ -1,8 +1,8 @@
 """The hub's state machine: admission, subscriptions with recovery, publishing and fan-out.
 
 Nothing here parses HTTP. The aiohttp layer (:mod:`wsgate.hub.app`) calls :meth:`Hub.admit` with the
-request's headers, accepts the WebSocket, and hands it to :meth:`Hub.open_session` and :meth:`Hub.run_session`,
-which reads client messages through the :class:`Session` and acts on them in order.
+request's headers, accepts the WebSocket, and hands it to :meth:`Hub.open_session` and
+:meth:`Hub.run_session`, which reads client messages through the :class:`Session` and acts on them in order.
 """
 
 from __future__ import annotations
