@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="run a gateway (static files, /api proxy, WebSocket proxy)")
     gateway.add_argument("--config", type=Path, help="TOML configuration file (default: $WSGATE_CONFIG)")
     gateway.add_argument("--listen", metavar="H:P", help="override gateway.listen")
-    gateway.set_defaults(run=not_yet("the gateway"))
+    gateway.set_defaults(run=run_gateway)
 
     publish = commands.add_parser(
         "publish", help="publish a message through a hub's HTTP API (credential: $WSGATE_PUBLISH_TOKEN)"
@@ -131,13 +131,18 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def serve_until_signalled(
-    start: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], Coroutine[Any, Any, None]]
+    start: Callable[[], Coroutine[Any, Any, None]],
+    stop: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    reload: Callable[[], None] | None = None,
 ) -> None:
-    """Start, then wait for SIGINT or SIGTERM and stop gracefully."""
+    """Start, then wait for SIGINT or SIGTERM and stop gracefully; SIGHUP calls ``reload``."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
     await start()
     try:
         await stopping.wait()
@@ -166,6 +171,23 @@ def run_hub(args: argparse.Namespace) -> int:
     logs.configure()
     server = HubServer(hub_config)
     run_async(serve_until_signalled(server.start, server.stop))
+    return EXIT_OK
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from wsgate import logs
+    from wsgate.config import load_config, parse_listen
+    from wsgate.gateway.server import GatewayServer
+
+    config = load_config(_config_path(args))
+    if config.gateway is None:
+        raise ConfigError("gateway", "the configuration has no [gateway] section", "add a [gateway] table")
+    gateway_config = config.gateway
+    if args.listen:
+        gateway_config = replace(gateway_config, listen=parse_listen(args.listen, "--listen"))
+    logs.configure()
+    server = GatewayServer(gateway_config)
+    run_async(serve_until_signalled(server.start, server.stop, reload=server.reload_certificate))
     return EXIT_OK
 
 

@@ -12,10 +12,13 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger("wsgate.server")
 
@@ -51,6 +54,38 @@ class GuardedRequestHandler(RequestHandler):
         if self._guard is not None:
             self._guard.cancel()
             self._guard = None
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer a request aiohttp could not handle, without echoing or logging any of its bytes.
+
+        aiohttp's own version quotes the offending request line in its log and in the response body, and that
+        line may be someone's ``Authorization`` or ``Cookie`` header.
+        """
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower()
+        ):
+            status = 431  # RFC 6585 §5: the request head is larger than we accept
+        if status >= 500:
+            log.error(
+                "error handling a request from %s: %s", request.remote, type(exc).__name__, exc_info=exc
+            )
+        else:
+            log.info("refused a malformed request from %s: %d %s", request.remote, status, type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already under way; closing the connection")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        response = web.Response(status=status, text=f"{status} {phrase}\n")
+        response.force_close()
+        return response
 
     def _guard_expired(self) -> None:
         self._guard = None

@@ -1,0 +1,191 @@
+"""The byte relay behind an accepted WebSocket upgrade.
+
+After the 101 the gateway no longer speaks WebSocket: it moves bytes between two transports, as nginx and
+http-proxy do, so subprotocols, extensions (permessage-deflate), fragmentation and close codes pass end to end
+untouched, and a 64 MiB message costs no more memory than the transports' buffers.
+
+Backpressure is asyncio's own: each transport calls ``pause_writing`` on its protocol when its write buffer
+passes the high-water mark, and this module answers by pausing *reading* on the other side until
+``resume_writing``. When either side ends, the other is closed (after flushing what it was already given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("wsgate.gateway")
+
+# Per direction, bytes a transport may buffer before the other side stops being read. Large enough to keep a
+# loopback or LAN link busy, small enough that an idle tunnel and a slow peer both stay cheap.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class Tunnel:
+    """Two transports joined after a successful upgrade; :attr:`done` resolves with the reason it ended."""
+
+    def __init__(self, *, idle_timeout: float | None = None, max_lifetime: float | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[str] = self.loop.create_future()
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.bytes_up = 0  # client -> upstream
+        self.bytes_down = 0  # upstream -> client
+        self.started = time.monotonic()
+        self._last_activity = self.started
+        self._idle_timeout = idle_timeout
+        self._max_lifetime = max_lifetime
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def join(self, client: asyncio.Transport, upstream: asyncio.Transport) -> None:
+        """Start relaying; the idle and lifetime clocks start now."""
+        self.client = client
+        self.upstream = upstream
+        for transport in (client, upstream):
+            transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        self.started = self._last_activity = time.monotonic()
+        if self._max_lifetime is not None:
+            self._timers.append(self.loop.call_later(self._max_lifetime, self.close, "max_lifetime"))
+        if self._idle_timeout is not None:
+            self._timers.append(self.loop.call_later(self._idle_timeout, self._check_idle))
+
+    def to_upstream(self, data: bytes) -> None:
+        if self.upstream is not None and not self.done.done():
+            self.bytes_up += len(data)
+            self._last_activity = time.monotonic()
+            self.upstream.write(data)
+
+    def to_client(self, data: bytes) -> None:
+        if self.client is not None and not self.done.done():
+            self.bytes_down += len(data)
+            self._last_activity = time.monotonic()
+            self.client.write(data)
+
+    def close(self, reason: str) -> None:
+        """End the tunnel: both transports flush what they hold and close."""
+        if self.done.done():
+            return
+        self.done.set_result(reason)
+        for timer in self._timers:
+            timer.cancel()
+        for transport in (self.client, self.upstream):
+            if transport is not None and not transport.is_closing():
+                transport.close()
+
+    def abort(self, reason: str) -> None:
+        """End the tunnel at once, discarding unsent bytes (shutdown deadline passed)."""
+        self.close(reason)
+        for transport in (self.client, self.upstream):
+            if transport is not None:
+                transport.abort()
+
+    def _check_idle(self) -> None:
+        assert self._idle_timeout is not None
+        quiet = time.monotonic() - self._last_activity
+        if quiet >= self._idle_timeout:
+            self.close("idle_timeout")
+        else:
+            self._timers.append(self.loop.call_later(self._idle_timeout - quiet, self._check_idle))
+
+
+class _Side(asyncio.Protocol):
+    """One end of a tunnel. ``forward`` sends what this side receives to the other; ``peer`` is the other
+    side's transport, whose reading pauses while this side's write buffer is full."""
+
+    name = "side"
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+
+    def _peer(self) -> asyncio.Transport | None:
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        peer = self._peer()
+        if peer is not None and not peer.is_closing():
+            peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self._peer()
+        if peer is not None and not peer.is_closing():
+            peer.resume_reading()
+
+    def eof_received(self) -> bool:
+        # WebSocket has no half-close: the end of one side is the end of the tunnel.
+        self.tunnel.close(f"{self.name}_closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tunnel.close(f"{self.name}_error" if exc else f"{self.name}_closed")
+
+
+class ClientSide(_Side):
+    """The browser's connection, taken over from aiohttp after the 101.
+
+    ``on_lost`` passes the end of the connection on to aiohttp's own protocol object, which still accounts
+    for the connection (its server waits for it at shutdown).
+    """
+
+    name = "client"
+
+    def __init__(self, tunnel: Tunnel, on_lost: Callable[[Exception | None], None]) -> None:
+        super().__init__(tunnel)
+        self._on_lost = on_lost
+
+    def _peer(self) -> asyncio.Transport | None:
+        return self.tunnel.upstream
+
+    def data_received(self, data: bytes) -> None:
+        self.tunnel.to_upstream(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_lost(exc)
+
+
+class UpstreamSide(_Side):
+    """The gateway's connection to the upstream, in three phases: it feeds the upstream's response head to
+    ``on_head_data`` (which returns true once the head is complete), then holds whatever follows (the first
+    frames may come right behind the 101) until :meth:`relay`, then relays."""
+
+    name = "upstream"
+
+    def __init__(self, tunnel: Tunnel, on_head_data: Callable[[bytes], bool]) -> None:
+        super().__init__(tunnel)
+        self._on_head_data: Callable[[bytes], bool] | None = on_head_data
+        self._held: bytearray | None = None
+        self.lost: asyncio.Future[None] = tunnel.loop.create_future()
+
+    def _peer(self) -> asyncio.Transport | None:
+        return self.tunnel.client
+
+    def relay(self) -> bytes:
+        """Start relaying (the tunnel must be joined); returns the bytes held since the head, to send."""
+        held = bytes(self._held or b"")
+        self._on_head_data = None
+        self._held = None
+        return held
+
+    def data_received(self, data: bytes) -> None:
+        if self._on_head_data is not None:
+            if self._on_head_data(data):
+                self._on_head_data = None
+                self._held = bytearray()
+        elif self._held is not None:
+            # The head is read but the client is not joined yet (the parser kept its own leftover).
+            self._held += data
+        else:
+            self.tunnel.to_client(data)
+
+    def eof_received(self) -> bool:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        super().connection_lost(exc)

@@ -1,0 +1,392 @@
+"""The gateway's WebSocket proxy against an independent upstream (python-websockets) that requires the seed's
+`token:` header: injection, stripping, Origin, transparency after the 101, failures, TLS, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+
+import aiohttp
+import pytest
+import trustme
+
+from tests.echo_upstream import EchoUpstream
+from tests.wsraw import client_frame
+from wsgate.config import Address, GatewayConfig, GatewayLimits, Route, UpstreamTls
+from wsgate.gateway.server import GatewayServer
+from wsgate.gateway.upgrade import accept_key
+from wsgate.hub.frames import server_frame
+from wsgate.secret import Secret
+
+ORIGIN = "https://kiosk.example.org"
+SECRET = "seed-ws-token-0123456789abcdef"
+TIMEOUT = 10.0
+
+
+def ws_route(upstream: str | tuple[str, ...], **changes: object) -> Route:
+    upstreams = (upstream,) if isinstance(upstream, str) else upstream
+    route = Route(
+        path="/ws",
+        upstream=upstreams,
+        websocket=True,
+        change_origin=True,
+        headers=MappingProxyType({"token": Secret(SECRET)}),
+    )
+    return replace(route, **changes)  # type: ignore[arg-type]
+
+
+def gateway_config(*routes: Route, **limits: object) -> GatewayConfig:
+    return GatewayConfig(
+        listen=Address("127.0.0.1", 0),
+        public_origins=(ORIGIN,),
+        routes=routes,
+        limits=replace(GatewayLimits(upstream_timeout=2.0), **limits),  # type: ignore[arg-type]
+    )
+
+
+StartGateway = Callable[..., Awaitable[GatewayServer]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[EchoUpstream]:
+    server = await EchoUpstream(token=SECRET).start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[StartGateway]:
+    servers: list[GatewayServer] = []
+
+    async def start(*routes: Route, **limits: object) -> GatewayServer:
+        server = GatewayServer(gateway_config(*routes, **limits))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+        yield session
+
+
+def url(gateway: GatewayServer) -> str:
+    return gateway.url.replace("http://", "ws://") + "/ws"
+
+
+async def status_of(http: aiohttp.ClientSession, gateway: GatewayServer, headers: dict[str, str]) -> int:
+    try:
+        ws = await http.ws_connect(url(gateway), headers=headers)
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+    await ws.close()
+    return 101
+
+
+async def test_the_seed_scenario_end_to_end(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    async with http.ws_connect(url(gateway), headers={"Origin": ORIGIN}) as ws:
+        await ws.send_str("hello kiosk")
+        assert (await ws.receive(timeout=TIMEOUT)).data == "hello kiosk"
+    (seen,) = upstream.handshakes
+    assert seen["token"] == SECRET
+    assert seen["Origin"] == ORIGIN  # never rewritten
+    assert seen["Host"] == f"127.0.0.1:{upstream.port}"  # change_origin
+
+
+async def test_a_client_cannot_change_what_the_upstream_sees(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    forged = {
+        "Origin": ORIGIN,
+        "token": "forged-by-the-client",
+        "Authorization": "Bearer forged",
+        "Cookie": "session=stolen",
+        "X-Forwarded-For": "10.9.9.9",
+    }
+    async with http.ws_connect(url(gateway), headers=forged) as ws:
+        await ws.send_str("x")
+        await ws.receive(timeout=TIMEOUT)
+    (seen,) = upstream.handshakes
+    assert seen.get_all("token") == [SECRET]
+    assert "Authorization" not in seen
+    assert "Cookie" not in seen
+    assert seen["X-Forwarded-For"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example.com",
+        "null",
+        "https://kiosk.example.org.evil.com",
+        "http://kiosk.example.org",
+        "https://kiosk.example.org:8443",
+        None,
+    ],
+)
+async def test_foreign_origins_are_403_and_the_upstream_never_hears_of_them(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession, origin: str | None
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    headers = {} if origin is None else {"Origin": origin}
+    assert await status_of(http, gateway, headers) == 403
+    assert upstream.handshakes == []
+
+
+async def test_missing_origin_is_allowed_only_when_the_route_says_so(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url, allow_missing_origin=True))
+    assert await status_of(http, gateway, {}) == 101
+
+
+async def test_not_an_upgrade_is_426(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    async with http.get(gateway.url + "/ws", headers={"Origin": ORIGIN}) as response:
+        assert response.status == 426
+    assert upstream.handshakes == []
+
+
+async def test_subprotocol_and_permessage_deflate_are_negotiated_end_to_end(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    async with http.ws_connect(
+        url(gateway), headers={"Origin": ORIGIN}, protocols=("chat.v1",), compress=15
+    ) as ws:
+        assert ws.protocol == "chat.v1"
+        # The upstream agreed to permessage-deflate through the gateway (and chose its window size).
+        assert ws.compress > 0
+        text = "compressible " * 1000
+        await ws.send_str(text)
+        assert (await ws.receive(timeout=TIMEOUT)).data == text
+    (seen,) = upstream.handshakes
+    assert "permessage-deflate" in seen["Sec-WebSocket-Extensions"]
+
+
+async def test_a_16_mib_binary_message_round_trips_intact(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    payload = os.urandom(16 * 1024 * 1024)
+    async with http.ws_connect(url(gateway), headers={"Origin": ORIGIN}, max_msg_size=0) as ws:
+        await ws.send_bytes(payload)
+        echoed = await ws.receive(timeout=30)
+        assert echoed.type is aiohttp.WSMsgType.BINARY
+        assert echoed.data == payload
+
+
+async def test_close_codes_pass_both_ways(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    ws = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
+    await ws.send_str("close:4001:bye from upstream")
+    message = await ws.receive(timeout=TIMEOUT)
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert (message.data, message.extra) == (4001, "bye from upstream")
+    await ws.close()
+
+    ws = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
+    await ws.close(code=4002, message=b"bye from client")
+    await wait_until(lambda: len(upstream.closes) == 2, "both upstream connections to end")
+    assert (4002, "bye from client") in upstream.closes
+
+
+async def test_bytes_either_side_sends_right_at_the_handshake_are_not_lost(
+    start_gateway: StartGateway,
+) -> None:
+    """An upstream may send its first frame in the same packet as its 101, and a client may send its first
+    frame before it has read the 101; the gateway must keep both."""
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def eager_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode()
+            + server_frame(b"hello from upstream")
+        )
+        received.set_result(await reader.readexactly(len(client_frame(0x1, b"early bird"))))
+        await reader.read()
+
+    eager = await asyncio.start_server(eager_upstream, "127.0.0.1", 0)
+    try:
+        port = eager.sockets[0].getsockname()[1]
+        gateway = await start_gateway(ws_route(f"ws://127.0.0.1:{port}/ws"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nOrigin: {ORIGIN}\r\n\r\n".encode()
+            + client_frame(0x1, b"early bird")
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101")
+        frame = await asyncio.wait_for(reader.readexactly(2 + len(b"hello from upstream")), TIMEOUT)
+        assert frame[2:] == b"hello from upstream"
+        masked = await asyncio.wait_for(received, TIMEOUT)
+        mask, payload = masked[2:6], masked[6:]
+        assert masked[0] == 0x81  # the client's frame reached the upstream intact
+        assert bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) == b"early bird"
+        writer.close()
+    finally:
+        eager.close()
+
+
+async def test_upstream_refusal_is_relayed_as_its_status(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    picky = await EchoUpstream(token="a-token-the-gateway-does-not-have").start()
+    try:
+        gateway = await start_gateway(ws_route(picky.url))
+        assert await status_of(http, gateway, {"Origin": ORIGIN}) == 401
+    finally:
+        await picky.stop()
+
+
+async def test_upstream_down_is_502(start_gateway: StartGateway, http: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway(ws_route(f"ws://127.0.0.1:{closed_port()}/ws"))
+    assert await status_of(http, gateway, {"Origin": ORIGIN}) == 502
+
+
+async def test_upstream_that_never_answers_is_504(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the upgrade request and never answers
+
+    silent = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        port = silent.sockets[0].getsockname()[1]
+        gateway = await start_gateway(ws_route(f"ws://127.0.0.1:{port}/ws"), upstream_timeout=0.5)
+        assert await status_of(http, gateway, {"Origin": ORIGIN}) == 504
+    finally:
+        silent.close()
+
+
+async def test_one_upstream_down_among_several(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    dead = f"ws://127.0.0.1:{closed_port()}/ws"
+    gateway = await start_gateway(ws_route((dead, upstream.url)))
+    for _ in range(4):
+        assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
+    assert len(upstream.handshakes) == 4
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+async def test_wss_upstream_verified_with_the_configured_ca(
+    ca: trustme.CA, tmp_path: Path, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    secure = await EchoUpstream(token=SECRET, ssl_context=server_context(ca)).start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    try:
+        gateway = await start_gateway(ws_route(secure.url, tls=UpstreamTls(ca=ca_file)))
+        async with http.ws_connect(url(gateway), headers={"Origin": ORIGIN}) as ws:
+            await ws.send_str("over tls")
+            assert (await ws.receive(timeout=TIMEOUT)).data == "over tls"
+    finally:
+        await secure.stop()
+
+
+async def test_untrusted_upstream_certificate_is_refused_with_a_clear_log_line(
+    ca: trustme.CA,
+    start_gateway: StartGateway,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secure = await EchoUpstream(token=SECRET, ssl_context=server_context(ca)).start()
+    try:
+        gateway = await start_gateway(ws_route(secure.url))  # system roots do not know the test CA
+        with caplog.at_level(logging.INFO, logger="wsgate"):
+            assert await status_of(http, gateway, {"Origin": ORIGIN}) == 502
+        assert "certificate verify failed" in caplog.text
+        assert secure.handshakes == []
+        assert SECRET not in caplog.text
+    finally:
+        await secure.stop()
+
+
+async def test_shutdown_lets_tunnels_finish_then_cuts_them_at_the_deadline(
+    upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = GatewayServer(gateway_config(ws_route(upstream.url), shutdown_timeout=1.0))
+    await gateway.start()
+    ws = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
+    await ws.send_str("still here")
+    assert (await ws.receive(timeout=TIMEOUT)).data == "still here"
+    stopping = asyncio.create_task(gateway.stop())
+    await ws.send_str("during drain")  # the tunnel keeps working until the deadline
+    assert (await ws.receive(timeout=TIMEOUT)).data == "during drain"
+    await asyncio.wait_for(stopping, TIMEOUT)
+    message = await ws.receive(timeout=TIMEOUT)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+async def test_the_secret_never_reaches_the_logs(
+    upstream: EchoUpstream,
+    start_gateway: StartGateway,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="wsgate"):
+        gateway = await start_gateway(ws_route(upstream.url))
+        async with http.ws_connect(url(gateway) + "?token=query-secret", headers={"Origin": ORIGIN}) as ws:
+            await ws.send_str("x")
+            await ws.receive(timeout=TIMEOUT)
+        await status_of(http, gateway, {"Origin": "https://evil.example.com", "token": "client-secret"})
+    assert "ws tunnel" in caplog.text
+    assert "ws refuse" in caplog.text
+    for secret in (SECRET, "query-secret", "client-secret"):
+        assert secret not in caplog.text
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound and released: connecting is refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
