@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 
 from wsgate.config import (
     Address,
@@ -33,6 +34,11 @@ KEY_OLD = "signing-key-2026-10-0123456789abcdef0123456789"
 
 # Generous upper bound on how long any single awaited event may take on a loaded 2-core machine.
 TIMEOUT = 10.0
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Tests run on uvloop, the loop `wsgate` itself runs on (its transports differ from asyncio's)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def make_hub_config(**overrides: Any) -> HubConfig:

@@ -812,3 +812,17 @@ def test_no_message_contains_a_token_or_key(verifier: TokenVerifier) -> None:
         assert KEY_NEW.reveal() not in text
         assert KEY_OLD.reveal() not in text
         assert info.value.__cause__ is None
+
+
+def test_a_handshake_only_token_verifies_until_exp_but_does_not_bound_the_connection() -> None:
+    key = Secret("k" * 40)
+    verifier = TokenVerifier((), {"k1": key})
+    token = mint_token(key=key, kid="k1", subject="kiosk-7", ttl=60, handshake_only=True, now=1000.0)
+    grant = verifier.verify(token, now=1030.0)
+    assert grant.subject == "kiosk-7"
+    assert grant.expires_at is None
+    with pytest.raises(CredentialError) as info:
+        verifier.verify(token, now=1062.0)  # after exp it no longer opens a connection
+    assert info.value.reason == "expired"
+    ordinary = mint_token(key=key, kid="k1", subject="kiosk-7", ttl=60, now=1000.0)
+    assert verifier.verify(ordinary, now=1030.0).expires_at == 1060.0

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--kid", default="default", help="key id, as named in hub.signing.keys (default: default)"
     )
     token.add_argument("--audience", help="aud claim, when the hub sets hub.signing.audience")
+    token.add_argument(
+        "--handshake-only",
+        action="store_true",
+        help="the token only opens a connection before it expires; the connection outlives it",
+    )
     token.set_defaults(run=run_token)
 
     probe = commands.add_parser("probe", help="audit a WebSocket endpoint for cross-site hijacking holes")
@@ -238,6 +243,7 @@ def run_token(args: argparse.Namespace) -> int:
             subscribe=channels,
             publish=channels if args.publish else (),
             audience=args.audience,
+            handshake_only=args.handshake_only,
         )
     except ValueError as exc:  # the messages name the problem, never the key
         raise UsageError(str(exc)) from None

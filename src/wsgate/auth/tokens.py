@@ -320,6 +320,13 @@ class TokenVerifier:
             )
         subscribe = _channel_claim(claims, "subscribe")
         publish = _channel_claim(claims, "publish")
+        # A handshake-only token (what the gateway mints per connection) proves who may connect now; the
+        # connection it opens then outlives it, because nobody behind a byte relay could refresh it.
+        handshake_only = claims.get("handshake_only", False)
+        if not isinstance(handshake_only, bool):
+            raise CredentialError(
+                "signed token has an invalid 'handshake_only' claim; mint a new one", reason="bad_token"
+            )
         # RFC 7519 §4.1.4: valid only while now < exp; §4.1.5: from nbf on; both "MAY provide for some small
         # leeway" for clock skew.
         if now >= exp + self._leeway:
@@ -329,7 +336,13 @@ class TokenVerifier:
                 "token not yet valid ('nbf' in the future); check the minting host's clock",
                 reason="not_yet_valid",
             )
-        return Grant(subject=subject, subscribe=subscribe, publish=publish, expires_at=exp, kind="signed")
+        return Grant(
+            subject=subject,
+            subscribe=subscribe,
+            publish=publish,
+            expires_at=None if handshake_only else exp,
+            kind="signed",
+        )
 
     def _decode(self, token: str, key: Secret) -> dict[str, Any]:
         options: Options = {
@@ -381,14 +394,17 @@ def mint_token(
     subscribe: Iterable[str] = (),
     publish: Iterable[str] = (),
     audience: str | None = None,
+    handshake_only: bool = False,
     now: float | None = None,
 ) -> str:
     """Mint a signed token (JWT, HS256) that :class:`TokenVerifier` accepts with ``{kid: key}``.
 
     The header carries ``kid``; the claims are ``sub``, ``iat`` and ``nbf`` (``now`` rounded down to whole
     seconds), ``exp`` (``iat + ttl``), ``subscribe`` and ``publish`` (always present, as lists of channel
-    patterns) and ``aud`` when ``audience`` is given. Raises :class:`ValueError` for an empty subject, kid or
-    channel pattern, a non-positive ``ttl`` or a key shorter than :data:`MIN_KEY_BYTES`.
+    patterns), ``aud`` when ``audience`` is given, and ``handshake_only: true`` when asked: the token then
+    authorises opening a connection before ``exp`` but does not bound the connection's life. Raises
+    :class:`ValueError` for an empty subject, kid or channel pattern, a non-positive ``ttl`` or a key shorter
+    than :data:`MIN_KEY_BYTES`.
     """
     if not kid:
         raise ValueError("kid must not be empty")
@@ -415,6 +431,8 @@ def mint_token(
     }
     if audience is not None:
         claims["aud"] = audience
+    if handshake_only:
+        claims["handshake_only"] = True
     return jwt.encode(claims, key.reveal().encode(), algorithm=SIGNING_ALGORITHM, headers={"kid": kid})
 
 

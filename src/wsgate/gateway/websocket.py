@@ -155,6 +155,9 @@ class WebSocketProxy:
                 subscribe=mint.subscribe,
                 publish=mint.publish,
                 audience=mint.audience,
+                # The browser behind this relay could never refresh the token: it opens the connection,
+                # and the connection outlives it.
+                handshake_only=True,
             )
             headers[mint.header] = f"Bearer {token}" if mint.header == "authorization" else token
         return headers
@@ -217,7 +220,7 @@ class WebSocketProxy:
             ssl=self.ssl_context if target.secure else None,
             server_hostname=target.host if target.secure else None,
         )
-        assert isinstance(transport, asyncio.Transport)
+        # (uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check here.)
         try:
             transport.write(upgrade_request)
             waiters: set[asyncio.Future[Any]] = {head_ready, side.lost}
