@@ -54,3 +54,21 @@ def maps_library(pid: int, name: str) -> bool:
     """Whether a file whose path contains ``name`` is mapped into the process (e.g. ``uvloop/loop``)."""
     with open(f"/proc/{pid}/maps") as maps:
         return any(name in line for line in maps)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` followed by all its descendants (nginx's master and its workers, say), found by reading every
+    process's parent id from ``/proc/*/stat``: one process is charged for the workers it forked."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        parents[int(entry.name)] = int(raw[raw.rindex(")") + 2 :].split()[1])  # proc(5) field 4, ppid
+    tree = [pid]
+    for member in tree:  # grows while it is walked: breadth first
+        tree += sorted(child for child, parent in parents.items() if parent == member)
+    return tree

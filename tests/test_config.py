@@ -937,3 +937,13 @@ def test_credentials_that_could_never_be_presented_and_rights_that_match_nothing
         load(tmp_path, text)
     assert info.value.key == key
     assert "0123456789" not in str(info.value)
+
+
+def test_gateway_admin_listen_is_optional_and_rendered(tmp_path: Path) -> None:
+    gateway = load(tmp_path, "[gateway]\n").gateway
+    assert gateway is not None
+    assert gateway.admin_listen is None
+    config = load(tmp_path, '[gateway]\nadmin_listen = "127.0.0.1:9101"\n')
+    assert config.gateway is not None
+    assert config.gateway.admin_listen == Address("127.0.0.1", 9101)
+    assert 'admin_listen = "127.0.0.1:9101"' in render_config(config)

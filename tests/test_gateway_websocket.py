@@ -390,3 +390,77 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+async def test_idle_tunnels_are_closed_after_idle_timeout(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url), idle_timeout=0.5)
+    ws = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN}, autoping=False, heartbeat=None)
+    for _ in range(3):  # traffic keeps it open past the timeout …
+        await ws.send_str("busy")
+        assert (await ws.receive(timeout=TIMEOUT)).data == "busy"
+        await asyncio.sleep(0.1)
+    message = await ws.receive(timeout=TIMEOUT)  # … silence closes it
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+async def test_tunnels_are_closed_at_max_lifetime(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url), max_lifetime=0.3)
+    ws = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
+    message = await ws.receive(timeout=TIMEOUT)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+
+
+async def test_connections_beyond_the_limit_get_503(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url), max_connections=2)
+    first = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
+    second = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
+    assert await status_of(http, gateway, {"Origin": ORIGIN}) == 503
+    await first.close()
+    await wait_until(lambda: gateway.gateway.active < 2, "a slot to free up")
+    assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
+    await second.close()
+
+
+async def test_a_client_that_trickles_its_request_head_is_cut_off(
+    upstream: EchoUpstream, start_gateway: StartGateway
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url), handshake_timeout=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    writer.close()
+    assert upstream.handshakes == []
+
+
+async def test_metrics_are_served_on_the_admin_listener_only(
+    upstream: EchoUpstream, http: aiohttp.ClientSession
+) -> None:
+    config = replace(gateway_config(ws_route(upstream.url)), admin_listen=Address("127.0.0.1", 0))
+    gateway = GatewayServer(config)
+    await gateway.start()
+    try:
+        assert gateway.admin is not None
+        admin = f"http://127.0.0.1:{gateway.admin.port}"
+        async with http.ws_connect(url(gateway), headers={"Origin": ORIGIN}) as ws:
+            await ws.send_str("counted")
+            await ws.receive(timeout=TIMEOUT)
+        assert await status_of(http, gateway, {"Origin": "https://evil.example.com"}) == 403
+        await wait_until(lambda: not gateway.gateway.tunnels(), "the tunnel to end")
+        async with http.get(admin + "/metrics") as response:
+            text = await response.text()
+        assert 'wsgate_gateway_requests_total{route="/ws",status="101"} 1.0' in text
+        assert 'wsgate_gateway_requests_total{route="/ws",status="403"} 1.0' in text
+        assert 'wsgate_gateway_refusals_total{reason="origin"} 1.0' in text
+        assert 'wsgate_gateway_tunnel_bytes_total{direction="up"}' in text
+        async with http.get(admin + "/healthz") as response:
+            assert response.status == 200
+        async with http.get(gateway.url + "/metrics") as response:
+            assert response.status == 404  # never on the public listener
+    finally:
+        await gateway.stop()

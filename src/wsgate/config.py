@@ -225,6 +225,8 @@ class GatewayConfig:
     spa: bool = False
     routes: tuple[Route, ...] = ()
     limits: GatewayLimits = GatewayLimits()
+    # /metrics and /healthz on a separate (normally loopback) address, never on the public listener.
+    admin_listen: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -912,7 +914,7 @@ def _parse_publish_api(table: _Table) -> PublishApiConfig:
 # ----------------------------------------------------------------------------------------------------------
 # [gateway]
 
-_GATEWAY_KEYS = ("listen", "tls", "public_origins", "static", "spa", "routes", "limits")
+_GATEWAY_KEYS = ("listen", "tls", "public_origins", "static", "spa", "routes", "limits", "admin_listen")
 _GATEWAY_LIMIT_KEYS = (
     "max_connections",
     "handshake_timeout",
@@ -949,12 +951,14 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
     origins = tuple(_origin(item, key, table.ctx) for item, key in table.array("public_origins"))
     static = table.convert("static", default.static, _existing_directory)
     spa = table.boolean("spa", default.spa)
+    admin_listen = table.convert("admin_listen", default.admin_listen, _listen)
     if spa and static is None:
         raise ConfigError(
             table.key("spa"), "needs static, the directory holding index.html", "set static = …"
         )
     return GatewayConfig(
         listen=listen,
+        admin_listen=admin_listen,
         tls=tls,
         public_origins=origins,
         static=static,
@@ -1195,6 +1199,7 @@ def _render_gateway(gateway: GatewayConfig) -> list[str]:
             ("public_origins", _toml_strings(gateway.public_origins)),
             ("static", _optional(gateway.static, _path)),
             ("spa", _toml_bool(gateway.spa)),
+            ("admin_listen", _optional(gateway.admin_listen, lambda address: _toml_string(str(address)))),
         ),
         *_section(
             "[gateway.limits]",

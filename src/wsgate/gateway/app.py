@@ -9,10 +9,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from wsgate.auth.origins import OriginPolicy
 from wsgate.config import GatewayConfig, Route
 from wsgate.gateway.http_proxy import HttpProxy
+from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.static import StaticFiles
 from wsgate.gateway.websocket import WebSocketProxy
 from wsgate.http_server import handshake_guard
@@ -32,12 +34,14 @@ class Gateway:
         self.http_proxies: list[HttpProxy] = []
         self.active = 0
         self.draining = False
+        self.metrics = GatewayMetrics()
+        self.metrics.connections.set_function(lambda: self.active)
         self.static = StaticFiles(config.static, spa=config.spa) if config.static is not None else None
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[handshake_guard, self._count_connections])
         for route in self.config.routes:  # already longest path first
-            handler = self._route_handler(route)
+            handler = self._counted(route.path, self._route_handler(route))
             app.router.add_route("*", route.path, handler)
             app.router.add_route("*", route.path.rstrip("/") + "/{tail:.*}", handler)
         if self.static is not None:
@@ -53,12 +57,39 @@ class Gateway:
                 allow_missing=route.allow_missing_origin,
                 config_key="gateway.public_origins",
             )
-            ws_proxy = WebSocketProxy(route, origins=origins, limits=self.config.limits, scheme=self.scheme)
+            ws_proxy = WebSocketProxy(
+                route, origins=origins, limits=self.config.limits, scheme=self.scheme, metrics=self.metrics
+            )
             self.websocket_proxies.append(ws_proxy)
             return ws_proxy.handle
         http_proxy = HttpProxy(route, limits=self.config.limits)
         self.http_proxies.append(http_proxy)
         return http_proxy.handle
+
+    def _counted(self, route_path: str, handler: Handler) -> Handler:
+        requests = self.metrics.requests
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            response = await handler(request)
+            requests.labels(route_path, str(response.status)).inc()
+            return response
+
+        return handle
+
+    def build_admin_app(self) -> web.Application:
+        """``/metrics`` and ``/healthz``, for the admin listener only."""
+        app = web.Application(middlewares=[handshake_guard])
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        return web.json_response({"status": "ok"})
 
     @web.middleware
     async def _count_connections(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -27,6 +27,14 @@ class GatewayServer:
             ssl_context=self.ssl_context,
             shutdown_timeout=config.limits.shutdown_timeout,
         )
+        self.admin: Listener | None = None
+        if config.admin_listen is not None:
+            self.admin = Listener(
+                self.gateway.build_admin_app(),
+                host=config.admin_listen.host,
+                port=config.admin_listen.port,
+                handshake_timeout=config.limits.handshake_timeout,
+            )
         self._stopped = False
 
     @property
@@ -42,6 +50,9 @@ class GatewayServer:
     async def start(self) -> None:
         await self.listener.start()
         log.info("gateway listening on %s with %d route(s)", self.url, len(self.config.routes))
+        if self.admin is not None:
+            await self.admin.start()
+            log.info("gateway admin (/metrics, /healthz) on http://%s:%d", self.admin.host, self.admin.port)
 
     def reload_certificate(self) -> None:
         """Load the certificate files again: new connections use them, open ones are untouched."""
@@ -69,4 +80,6 @@ class GatewayServer:
                 log.warning("closing %d tunnel(s) at the shutdown deadline", self.gateway.tunnels())
                 self.gateway.abort_tunnels()
         await self.listener.close()
+        if self.admin is not None:
+            await self.admin.close()
         log.info("gateway stopped")

@@ -21,6 +21,7 @@ from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import mint_token
 from wsgate.config import GatewayLimits, Route
 from wsgate.errors import AuthError, HandshakeError
+from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.relay import ClientSide, Tunnel, UpstreamSide
 from wsgate.gateway.tls import upstream_ssl_context
 from wsgate.gateway.upgrade import (
@@ -71,8 +72,17 @@ class _TailCollector:
 class WebSocketProxy:
     """Proxies WebSocket upgrades on one route to its upstreams."""
 
-    def __init__(self, route: Route, *, origins: OriginPolicy, limits: GatewayLimits, scheme: str) -> None:
+    def __init__(
+        self,
+        route: Route,
+        *,
+        origins: OriginPolicy,
+        limits: GatewayLimits,
+        scheme: str,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.route = route
+        self.metrics = metrics or GatewayMetrics()
         self.origins = origins
         self.limits = limits
         self.scheme = scheme
@@ -259,10 +269,14 @@ class WebSocketProxy:
         if tail.data:
             tunnel.to_upstream(tail.data)
         self.tunnels.add(tunnel)
+        self.metrics.tunnels.inc()
         try:
             reason = await tunnel.done
         finally:
             self.tunnels.discard(tunnel)
+            self.metrics.tunnels.dec()
+            self.metrics.tunnel_bytes.labels("up").inc(tunnel.bytes_up)
+            self.metrics.tunnel_bytes.labels("down").inc(tunnel.bytes_down)
         access_log.info(
             "ws tunnel route=%s upstream=%s status=101 up=%d down=%d duration=%.1fs end=%s",
             self.route.path, upstream_url, tunnel.bytes_up, tunnel.bytes_down,
@@ -279,6 +293,7 @@ class WebSocketProxy:
         started: float,
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
+        self.metrics.refusals.labels(reason).inc()
         access_log.info(
             "ws refuse route=%s status=%d reason=%s peer=%s duration=%.3fs",
             self.route.path, status, reason, request.remote or "-", time.monotonic() - started,
