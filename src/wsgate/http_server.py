@@ -137,6 +137,11 @@ class Listener:
         )
         self._server: asyncio.Server | None = None
 
+    def url(self, scheme: str) -> str:
+        """``scheme://host:port`` of the bound address (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
     async def start(self) -> None:
         await self._runner.setup()
         manager = self._runner.server

@@ -49,7 +49,6 @@ Errors, added to the tree in :mod:`wsgate.errors`::
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -57,6 +56,7 @@ from urllib.parse import unquote
 
 from wsgate.config import Route
 from wsgate.errors import WsgateError
+from wsgate.gateway.forwarded import forwarded_element, forwarded_for
 from wsgate.gateway.upgrade import UpstreamTarget
 
 __all__ = [
@@ -288,7 +288,7 @@ def request_headers(
         add("X-Forwarded-Proto", scheme)
         add("X-Forwarded-Host", client_host)
     elif route.forwarded == "rfc7239":
-        add("Forwarded", _forwarded_element(peer, scheme, client_host))
+        add("Forwarded", forwarded_element(peer, scheme, client_host))
     elif route.forwarded != "none":
         raise ValueError(f"route {route.path!r} has an unknown forwarded style")
     return result
@@ -309,40 +309,3 @@ def response_headers(fields: Fields) -> list[tuple[str, str]]:
         and not (chunked and name.lower() == "content-length")
         and _sendable(name, value)
     ]
-
-
-def forwarded_for(peer: str | None) -> str | None:
-    """The peer as an IP address string for ``X-Forwarded-For``: an IPv4-mapped IPv6 address (a dual-stack
-    socket's view of an IPv4 client) as IPv4, a zone identifier dropped; ``None`` when not an IP address."""
-    if peer is None:
-        return None
-    text = peer.strip().removeprefix("[").removesuffix("]").partition("%")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
-def _forwarded_element(peer: str | None, scheme: str, host: str | None) -> str:
-    """One RFC 7239 §4 forwarded-element: ``for=…;proto=…[;host=…]``."""
-    address = forwarded_for(peer)
-    if address is None:
-        node = "unknown"  # RFC 7239 §6.2: the preceding entity is not known
-    elif ":" in address:
-        node = f'"[{address}]"'  # RFC 7239 §6: IPv6 in brackets, quoted since ":[]" are not token characters
-    else:
-        node = address
-    element = f"for={node};proto={scheme}"
-    if host is not None:
-        element += f";host={_token_or_quoted(host)}"
-    return element
-
-
-def _token_or_quoted(value: str) -> str:
-    """RFC 7239 §4: value = token / quoted-string (RFC 9110 §5.6.4, escaping ``"`` and ``\\``)."""
-    if _TOKEN.fullmatch(value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -43,16 +43,14 @@ class GatewayServer:
 
     @property
     def url(self) -> str:
-        host = self.config.listen.host
-        host = f"[{host}]" if ":" in host else host
-        return f"{self.gateway.scheme}://{host}:{self.port}"
+        return self.listener.url(self.gateway.scheme)
 
     async def start(self) -> None:
         await self.listener.start()
         log.info("gateway listening on %s with %d route(s)", self.url, len(self.config.routes))
         if self.admin is not None:
             await self.admin.start()
-            log.info("gateway admin (/metrics, /healthz) on http://%s:%d", self.admin.host, self.admin.port)
+            log.info("gateway admin (/metrics, /healthz) on %s", self.admin.url("http"))
 
     def reload_certificate(self) -> None:
         """Load the certificate files again: new connections use them, open ones are untouched."""

@@ -49,6 +49,7 @@ from multidict import CIMultiDict
 
 from wsgate.config import Route
 from wsgate.errors import WsgateError
+from wsgate.gateway.forwarded import forwarded_element, forwarded_for
 from wsgate.handshake import WEBSOCKET_VERSION, check_upgrade, header_tokens, single_header
 
 __all__ = [
@@ -398,11 +399,11 @@ def build_websocket_request(
         # anything already in it was written by the client, and upstreams commonly read the leftmost entry as
         # "the client's IP" (rate limits, audit logs, IP allowlists). Appending as nginx's
         # $proxy_add_x_forwarded_for does would let any client claim to be 127.0.0.1.
-        add("X-Forwarded-For", _forwarded_for_ip(client.peer))
+        add("X-Forwarded-For", forwarded_for(client.peer))
         add("X-Forwarded-Proto", client.scheme)
         add("X-Forwarded-Host", client_host)
     elif route.forwarded == "rfc7239":
-        add("Forwarded", _forwarded_element(client.peer, client.scheme, client_host))
+        add("Forwarded", forwarded_element(client.peer, client.scheme, client_host))
     elif route.forwarded != "none":
         raise ValueError(f"route {route.path!r} has an unknown forwarded style")
 
@@ -436,41 +437,6 @@ def _request_target(upstream_path: str, client_target: str) -> str:
     if not _REQUEST_TARGET.fullmatch(target):
         raise HeaderInjectionError("request-target", "holds a character that cannot be sent")
     return target
-
-
-def _forwarded_for_ip(peer: str) -> str | None:
-    """The peer as an IP address string: IPv4-mapped IPv6 (a dual-stack socket's view of an IPv4 client)
-    as IPv4, zone identifier dropped; ``None`` when the peer is not an IP address (a Unix socket)."""
-    text = peer.strip().removeprefix("[").removesuffix("]").partition("%")[0]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
-def _forwarded_element(peer: str, scheme: str, host: str | None) -> str:
-    """One RFC 7239 §4 forwarded-element: ``for=…;proto=…[;host=…]``."""
-    address = _forwarded_for_ip(peer)
-    if address is None:
-        node = "unknown"  # RFC 7239 §6.2: the identity of the preceding entity is not known
-    elif ":" in address:
-        node = f'"[{address}]"'  # RFC 7239 §6: an IPv6 node is bracketed, and ":[]" are not token chars
-    else:
-        node = address
-    element = f"for={node};proto={scheme}"
-    if host is not None:
-        element += f";host={_token_or_quoted(host)}"
-    return element
-
-
-def _token_or_quoted(value: str) -> str:
-    """RFC 7239 §4: value = token / quoted-string (RFC 9110 §5.6.4, escaping ``"`` and ``\\``)."""
-    if _TOKEN.fullmatch(value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # ----------------------------------------------------------------------------------------------------------

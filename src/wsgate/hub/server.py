@@ -34,9 +34,7 @@ class HubServer:
 
     @property
     def url(self) -> str:
-        host = self.config.listen.host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        return self.listener.url("http")
 
     async def start(self) -> None:
         await self.hub.start()
