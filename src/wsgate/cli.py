@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--url", required=True, help="WebSocket URL, e.g. ws://127.0.0.1:9000/ws")
     listen.add_argument("--channel", required=True)
     listen.add_argument("--origin", help="Origin header to send")
-    listen.set_defaults(run=not_yet("listen"))
+    listen.set_defaults(run=run_listen)
 
     token = commands.add_parser("token", help="mint a signed token (key: $WSGATE_SIGNING_KEY)")
     token.add_argument("--sub", required=True, help="subject (who the token is for)")
@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--origin", required=True, help="the legitimate Origin")
     probe.add_argument("--header", metavar="NAME:@ENVVAR", help="send the value of ENVVAR in header NAME")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
-    probe.set_defaults(run=not_yet("probe"))
+    probe.add_argument("--ca", type=Path, metavar="FILE", help="CA certificates (PEM) for a wss:// endpoint")
+    probe.set_defaults(run=run_probe)
 
     check = commands.add_parser("check", help="validate a configuration and print what it would do")
     check.add_argument("--config", type=Path, required=True)
@@ -251,52 +252,50 @@ def run_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_probe(args: argparse.Namespace) -> int:
+    import shutil
+
+    from wsgate import probe
+
+    credential = None
+    try:
+        if args.header is not None:
+            name, env_var = probe.parse_header_spec(args.header)
+            value = os.environ.get(env_var)
+            if value is None:
+                raise UsageError(f"environment variable {env_var} is not set (credential for header {name})")
+            credential = probe.Credential.create(name, env_var, value)
+        target = probe.parse_target(args.url, args.origin, credential, ca=args.ca)
+    except ValueError as exc:  # the messages name the problem, never the credential
+        raise UsageError(str(exc)) from None
+    report = probe.run(target)  # ProbeError (exit 1) when the endpoint cannot be audited at all
+    if args.json:
+        print(report.to_json())
+    else:
+        print(report.render(width=min(max(shutil.get_terminal_size((120, 24)).columns, 100), 160)), end="")
+    return report.exit_status
+
+
 def run_publish(args: argparse.Namespace) -> int:
+    from wsgate.client import publish
+
     token = _env_secret("WSGATE_PUBLISH_TOKEN", "the hub's publish credential")
     raw = args.data if args.data is not None else sys.stdin.read()
     try:
         data = json.loads(raw)
     except ValueError:
         raise UsageError("DATA_JSON is not valid JSON") from None
-    url = args.url.rstrip("/")
-    if not url.endswith("/api/publish"):
-        url += "/api/publish"
-    offset = _post_publish(url, token, {"channel": args.channel, "data": data})
+    try:
+        offset = publish(args.url, args.channel, data, token=token, timeout=30.0)
+    except ValueError:  # NaN or Infinity: Python's json reads them, JSON has no such values
+        raise UsageError("DATA_JSON is not valid JSON") from None
     print(offset)
     return EXIT_OK
 
 
-def _post_publish(url: str, token: str, body: dict[str, Any]) -> int:
-    import aiohttp
+def run_listen(args: argparse.Namespace) -> int:
+    from wsgate.client import run_listen as listen
 
-    async def post() -> int:
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as response,
-        ):
-            if response.status != 200:
-                raise PublishFailed(response.status, await _error_message(response))
-            answer = await response.json()
-            return int(answer["offset"])
-
-    try:
-        return asyncio.run(post())
-    except aiohttp.ClientError as exc:
-        raise PublishFailed(None, f"cannot reach the hub: {exc.__class__.__name__}") from None
-    except TimeoutError:
-        raise PublishFailed(None, "the hub did not answer within 30s") from None
-
-
-async def _error_message(response: Any) -> str:
-    import aiohttp
-
-    try:
-        return str((await response.json())["message"])
-    except (ValueError, KeyError, TypeError, aiohttp.ClientError):
-        return str(response.reason or "error")
-
-
-class PublishFailed(WsgateError):
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}" if status else message)
+    token = _env_secret("WSGATE_TOKEN", "the hub credential, sent in a header")
+    header = os.environ.get("WSGATE_AUTH_HEADER") or "authorization"
+    return listen(args.url, args.channel, origin=args.origin, token=token, header=header)
