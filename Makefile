@@ -17,14 +17,16 @@ up: $(STAMP)
 	$(BIN)/wsgate up
 
 test: $(STAMP)
-	scripts/ensure-system-deps
+	scripts/ensure-system-deps chromium:chromium node:nodejs npm:npm
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy --strict src
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	benchmarks/setup-peers
 	$(BIN)/python benchmarks/hub_fanout.py
+	$(BIN)/python benchmarks/gateway_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

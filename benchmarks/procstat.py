@@ -72,3 +72,12 @@ def process_tree(pid: int) -> list[int]:
     for member in tree:  # grows while it is walked: breadth first
         tree += sorted(child for child, parent in parents.items() if parent == member)
     return tree
+
+
+def machine_busy() -> float:
+    """CPU seconds all CPUs together have spent busy since boot (user, nice, system, irq, softirq, steal:
+    everything but idle and iowait), from the first line of ``/proc/stat``. Over a window, this minus the
+    CPU time of the processes a benchmark knows is what everything else on the machine used."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS

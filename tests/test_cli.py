@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import stat
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -248,28 +247,44 @@ async def test_hub_process_serves_and_drains_on_sigterm_without_logging_secrets(
         assert secret not in logs
 
 
-async def test_up_runs_a_hub_with_credentials_in_a_private_file(
+async def test_up_runs_the_kiosk_system_and_prints_only_the_admin_password(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    async with wsgate_process("up", "--port", "0", env={}, cwd=tmp_path) as up:
-        port = int((await up.wait_for_line(r"running at http://127\.0\.0\.1:(\d+)", stream="stdout"))[1])
-        env_file = tmp_path / ".wsgate" / "up.env"
-        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-        values = dict(line.split("=", 1) for line in env_file.read_text().split())
-        ws = await http.ws_connect(
-            f"ws://127.0.0.1:{port}/ws", headers={"Authorization": f"Bearer {values['WSGATE_TOKEN']}"}
-        )
-        await subscribe(ws, "kiosks")
-        async with http.post(
-            f"http://127.0.0.1:{port}/api/publish",
-            json={"channel": "kiosks", "data": {"action": "reset"}},
-            headers={"Authorization": f"Bearer {values['WSGATE_PUBLISH_TOKEN']}"},
-        ) as response:
+    env = {"WSGATE_ADMIN_PASSWORD": ""}
+    async with wsgate_process("up", "--port", "0", env=env, cwd=tmp_path) as up:
+        match = await up.wait_for_line(r"running at (http://127\.0\.0\.1:\d+)", stream="stdout")
+        base = match[1]
+        password = (
+            await up.wait_for_line(r"admin password \(generated, shown once\): (\S+)", stream="stdout")
+        )[1]
+        async with http.get(base + "/") as response:
             assert response.status == 200
-        assert (await receive_json(ws))["data"] == {"action": "reset"}
+            assert "text/html" in response.headers["Content-Type"]
+        async with http.get(base + "/api/offices") as response:
+            assert len((await response.json())["offices"]) > 3
+        ws = await http.ws_connect(base.replace("http", "ws") + "/ws?kiosk=lobby", headers={"Origin": base})
+        await subscribe(ws, "kiosks")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(
+                base.replace("http", "ws") + "/ws?kiosk=x", headers={"Origin": "http://evil.example"}
+            )
+        assert refused.value.status == 403
+        async with http.post(
+            base + "/admin/login", data={"password": password}, allow_redirects=False
+        ) as response:
+            assert response.status == 303
         closing = asyncio.create_task(ws.receive(timeout=TIMEOUT))
         assert await up.finish(signal.SIGINT) == 0
-        await closing
+        assert (await closing).type is aiohttp.WSMsgType.CLOSE
     output = "".join(up.stdout + up.stderr)
-    for secret in values.values():
-        assert secret not in output
+    assert output.count(password) == 1
+
+
+async def test_up_does_not_print_a_password_it_was_given(tmp_path: Path) -> None:
+    chosen = "chosen-admin-password-0123"
+    async with wsgate_process("up", "--port", "0", env={"WSGATE_ADMIN_PASSWORD": chosen}, cwd=tmp_path) as up:
+        await up.wait_for_line(r"Ctrl-C stops it", stream="stdout")
+        assert await up.finish(signal.SIGTERM) == 0
+    output = "".join(up.stdout + up.stderr)
+    assert chosen not in output
+    assert "admin password" not in output
