@@ -1,5 +1,6 @@
 # The two commands a new user needs: `make up` and `make test`. Both build .venv on first use.
 PYTHON ?= python3
+ARGS   ?=         # e.g. make up ARGS="--host 192.168.1.20 --port 8080"
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/wsgate up
+	$(BIN)/wsgate up $(ARGS)
 
 test: $(STAMP)
 	scripts/ensure-system-deps chromium:chromium node:nodejs npm:npm

@@ -80,6 +80,14 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert exited.value.code == 2
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])  # noqa: S104 - the refusal is under test
+def test_up_refuses_a_wildcard_host_because_it_names_the_allowed_origin(
+    host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["up", "--host", host]) == 2
+    assert "not a wildcard" in capsys.readouterr().err
+
+
 def test_hub_without_configuration_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

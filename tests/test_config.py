@@ -947,3 +947,20 @@ def test_gateway_admin_listen_is_optional_and_rendered(tmp_path: Path) -> None:
     assert config.gateway is not None
     assert config.gateway.admin_listen == Address("127.0.0.1", 9101)
     assert 'admin_listen = "127.0.0.1:9101"' in render_config(config)
+
+
+def test_minted_rights_may_name_the_connections_subject_and_static_rights_may_not(tmp_path: Path) -> None:
+    key = "k" * 40
+    minted = (
+        '[gateway]\n[[gateway.routes]]\npath = "/ws"\nupstream = "ws://127.0.0.1:9000/ws"\nwebsocket = true\n'
+        f'mint = {{ key = "{key}", kid = "a", subject = "query:kiosk", subscribe = ["kiosk:{{subject}}"] }}\n'
+    )
+    gateway = load(tmp_path, minted).gateway
+    assert gateway is not None
+    mint = gateway.routes[0].mint
+    assert mint is not None
+    assert mint.subscribe == ("kiosk:{subject}",)
+    static = '[hub]\n[[hub.tokens]]\nname = "k"\ntoken = "t-0123456789"\nsubscribe = ["kiosk:{subject}"]\n'
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, static)
+    assert info.value.key == "hub.tokens[0].subscribe[0]"

@@ -41,7 +41,7 @@ async def gateway(hub: HubServer) -> AsyncIterator[GatewayServer]:
         kid="2026-11",
         ttl=1.0,  # far shorter than the test's connection: the connection must outlive it
         subject="query:kiosk",
-        subscribe=("kiosks", "kiosk:*"),
+        subscribe=("kiosks", "kiosk:{subject}"),
     )
     route = Route(
         path="/ws",
@@ -73,6 +73,8 @@ async def test_a_kiosk_connects_through_the_gateway_with_a_minted_identity(
     async with http.ws_connect(url, headers={"Origin": ORIGIN}) as ws:
         await subscribe(ws, "kiosks")
         await subscribe(ws, "kiosk:lobby-7")
+        await ws.send_json({"type": "subscribe", "channel": "kiosk:lobby-8"})  # another kiosk's channel
+        assert (await receive_json(ws))["code"] == "forbidden"
         async with http.get(
             hub.url + "/api/presence", params={"channel": "kiosks"}, headers=bearer(PUBLISH_TOKEN)
         ) as response:

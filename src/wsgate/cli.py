@@ -200,6 +200,12 @@ def run_gateway(args: argparse.Namespace) -> int:
 def run_up(args: argparse.Namespace) -> int:
     from wsgate.demo.up import run
 
+    if args.host in ("0.0.0.0", "::", ""):  # noqa: S104 - refusing it, not binding it
+        # The kiosk pages' Origin names the address they were loaded from, and only that is allowed.
+        raise UsageError(
+            f"--host {args.host!r}: give the address kiosks use to reach this machine "
+            "(e.g. --host 192.168.1.20), not a wildcard; it becomes the one allowed Origin"
+        )
     return run(host=args.host, port=args.port)
 
 

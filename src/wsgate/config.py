@@ -168,6 +168,8 @@ class MintConfig:
     """A per-connection signed token (JWT HS256) the gateway puts in ``header`` for the upstream.
 
     ``subject`` is a literal ``sub`` claim or ``query:NAME``: the value of the client's query parameter NAME.
+    In ``subscribe`` and ``publish``, ``{subject}`` stands for that subject, so ``"kiosk:{subject}"`` grants
+    each connection its own channel and no other's.
     """
 
     key: Secret
@@ -498,6 +500,9 @@ class _Table:
     def channel_patterns(self, name: str) -> tuple[str, ...]:
         return tuple(_channel_pattern(item, key, self.ctx) for item, key in self.array(name))
 
+    def minted_channel_patterns(self, name: str) -> tuple[str, ...]:
+        return tuple(_minted_channel_pattern(item, key, self.ctx) for item, key in self.array(name))
+
     def boolean(self, name: str, default: bool) -> bool:
         value = self.get(name)
         if value is _MISSING:
@@ -589,6 +594,16 @@ def _as_secret(value: object, key: str, ctx: _Context) -> Secret:
 _CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_.:@/-]{0,200}\*?")
 # RFC 6750 §2.1 b64token: what may follow "Bearer " in an Authorization header.
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+# In a minted token's rights, "{subject}" stands for the connection's subject ("kiosk:{subject}").
+SUBJECT_PLACEHOLDER = "{subject}"
+
+
+def _minted_channel_pattern(value: object, key: str, ctx: _Context) -> str:
+    text = _as_text(value, key, ctx)
+    _channel_pattern(text.replace(SUBJECT_PLACEHOLDER, "s"), key, ctx)
+    return text
 
 
 def _channel_pattern(value: object, key: str, ctx: _Context) -> str:
@@ -1059,8 +1074,8 @@ def _parse_mint(table: _Table | None, headers: Mapping[str, Secret], websocket: 
         key=table.required_value("key", _signing_key),
         ttl=table.duration("ttl", default.ttl),
         subject=table.convert("subject", default.subject, _subject),
-        subscribe=table.channel_patterns("subscribe"),
-        publish=table.channel_patterns("publish"),
+        subscribe=table.minted_channel_patterns("subscribe"),
+        publish=table.minted_channel_patterns("publish"),
         kid=table.optional_string("kid"),
         audience=table.optional_string("audience"),
         header=table.convert("header", default.header, _mint_header),

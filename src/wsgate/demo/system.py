@@ -112,7 +112,7 @@ class KioskSystem:
             kid=KID,
             ttl=MINT_TTL,
             subject="query:kiosk",
-            subscribe=("kiosks", "kiosk:*"),
+            subscribe=("kiosks", "kiosk:{subject}"),  # each kiosk its own channel, and no other's
         )
         routes = (
             Route(path="/ws", upstream=(hub_ws,), websocket=True, change_origin=True, mint=mint),

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import mint_token
-from wsgate.config import GatewayLimits, Route
+from wsgate.config import SUBJECT_PLACEHOLDER, GatewayLimits, Route
 from wsgate.errors import AuthError, HandshakeError
 from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.relay import ClientSide, Tunnel, UpstreamSide
@@ -157,13 +157,18 @@ class WebSocketProxy:
         headers = {name: value.reveal() for name, value in route.headers.items()}
         mint = route.mint
         if mint is not None:
+            subject = mint_subject(mint.subject, request.raw_path)
+
+            def own(patterns: tuple[str, ...]) -> list[str]:
+                return [pattern.replace(SUBJECT_PLACEHOLDER, subject) for pattern in patterns]
+
             token = mint_token(
                 key=mint.key,
                 kid=mint.kid or "default",
-                subject=mint_subject(mint.subject, request.raw_path),
+                subject=subject,
                 ttl=mint.ttl,
-                subscribe=mint.subscribe,
-                publish=mint.publish,
+                subscribe=own(mint.subscribe),
+                publish=own(mint.publish),
                 audience=mint.audience,
                 # The browser behind this relay could never refresh the token: it opens the connection,
                 # and the connection outlives it.
