@@ -90,3 +90,28 @@ async def test_a_connection_that_ends_during_recovery_leaves_no_listener_behind(
     other = await connect(server)
     await subscribe(other, "kiosks")
     assert broker.listening == {"kiosks"}
+
+
+async def test_a_burst_published_in_one_loop_iteration_arrives_in_order_once(
+    start_hub: StartHub, connect: Connect, http: aiohttp.ClientSession
+) -> None:
+    broker = SlowRecoveryBroker()
+    broker.gate.set()
+    server = await start_hub(make_hub_config(), broker=broker)
+    early = await connect(server)
+    await subscribe(early, "kiosks")
+    broker.gate.clear()
+    late = await connect(server)
+    await late.send_json({"type": "subscribe", "channel": "kiosks"})
+    await asyncio.wait_for(broker.snapshot_taken.wait(), 10)
+
+    # Frames of one iteration are joined in the outbox; the late subscriber holds them while it recovers.
+    await asyncio.gather(*(server.hub.publish("kiosks", str(i), via="http") for i in range(1, 51)))
+    broker.gate.set()
+
+    assert [(await receive_json(early))["offset"] for _ in range(50)] == list(range(1, 51))
+    assert (await receive_json(late))["type"] == "subscribed"
+    assert [(await receive_json(late))["offset"] for _ in range(50)] == list(range(1, 51))
+    await publish_http(http, server, "kiosks", 51)
+    assert (await receive_json(early))["offset"] == 51
+    assert (await receive_json(late))["offset"] == 51

@@ -34,7 +34,7 @@ class HubMetrics:
         )
         self.publish_latency = Histogram(
             "wsgate_hub_publish_latency_seconds",
-            "Time from receiving a publish to handing it to every local subscriber's transport",
+            "Time from receiving a publish to queueing its frame for every local subscriber",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
