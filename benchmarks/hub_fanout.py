@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -202,16 +202,23 @@ class Subscriber(asyncio.Protocol):
             opcode = data[pos] & 0x0F
             if opcode == OP_TEXT:
                 self.text(data, start, end)
-            elif opcode == OP_PING:  # the hub's heartbeat: answer it, or it closes the connection
-                assert self.transport is not None
-                self.transport.write(client_frame(OP_PONG, data[start:end]))
+            elif opcode == OP_PING:
+                self.ping_received(data[start:end])
             elif opcode == OP_CLOSE:
-                code = int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005
-                self.fail(f"the hub closed the connection with code {code}")
+                self.close_received(int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005)
                 return
             pos = end
         if pos < size:
             self.buffer = data[pos:]
+
+    def ping_received(self, payload: bytes) -> None:
+        """The hub's heartbeat: answer it, or it closes the connection."""
+        assert self.transport is not None
+        self.transport.write(client_frame(OP_PONG, payload))
+
+    def close_received(self, code: int) -> None:
+        """The hub's close frame: a failure here (a subclass that closes on purpose overrides this)."""
+        self.fail(f"the hub closed the connection with code {code}")
 
     def text(self, data: bytes, start: int, end: int) -> None:
         if self.base_offset < 0:
@@ -421,14 +428,18 @@ class HubProcess:
 class Generators:
     """The subscriber processes and what they report."""
 
-    def __init__(self, specs: list[GeneratorSpec]) -> None:
+    def __init__(
+        self, specs: Sequence[Any], target: Callable[[Any, Connection], None] = generator_main
+    ) -> None:
+        """One process per spec, running ``target(spec, pipe)`` (:func:`generator_main` unless another
+        module brings its own generator, speaking the same messages)."""
         context = multiprocessing.get_context("spawn")  # a clean interpreter, no inherited loop or sockets
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[Connection] = []
         for spec in specs:
             ours, theirs = context.Pipe()
             process = context.Process(
-                target=generator_main, args=(spec, theirs), name=f"bench-gen-{spec.index}", daemon=True
+                target=target, args=(spec, theirs), name=f"bench-gen-{spec.index}", daemon=True
             )
             process.start()
             theirs.close()

@@ -395,7 +395,7 @@ def closed_port() -> int:
 async def test_idle_tunnels_are_closed_after_idle_timeout(
     upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    gateway = await start_gateway(ws_route(upstream.url), idle_timeout=0.5)
+    gateway = await start_gateway(ws_route(upstream.url), idle_timeout=1.0)
     ws = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN}, autoping=False, heartbeat=None)
     for _ in range(3):  # traffic keeps it open past the timeout …
         await ws.send_str("busy")

@@ -16,6 +16,8 @@ class RawWebSocket:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     status: int
+    head: bytes = b""
+    """The server's response head, status line to the blank line."""
 
     async def send_text(self, text: str) -> None:
         self.writer.write(client_frame(0x1, text.encode()))
@@ -98,4 +100,4 @@ async def raw_websocket(
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    return RawWebSocket(reader, writer, status)
+    return RawWebSocket(reader, writer, status, head)

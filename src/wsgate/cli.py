@@ -215,6 +215,8 @@ def run_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.hub is not None:
         print(f"# hub: would listen on {config.hub.listen} (WebSocket at /ws, HTTP API at /api)")
+        if config.hub.echo:
+            print("# hub: WARNING: echo = true opens /echo without a credential (conformance testing only)")
     if config.gateway is not None:
         print(
             f"# gateway: would listen on {config.gateway.listen} with {len(config.gateway.routes)} route(s)"
@@ -282,8 +284,20 @@ def run_probe(args: argparse.Namespace) -> int:
     return report.exit_status
 
 
+# `wsgate publish` waits this long for the hub's answer before it retries.
+PUBLISH_TIMEOUT = 30.0
+# The pause before that one retry: a hub restarting or a link flapping gets a moment.
+PUBLISH_RETRY_DELAY = 1.0
+# Failures that leave it unknown whether the message was published: no answer at all, or a proxy in front of
+# the hub that lost it. Retrying them is safe because the retry carries the same Idempotency-Key.
+_UNANSWERED = frozenset({None, 502, 504})
+
+
 def run_publish(args: argparse.Namespace) -> int:
-    from wsgate.client import publish
+    import time
+    import uuid
+
+    from wsgate.client import PublishFailed, publish
 
     token = _env_secret("WSGATE_PUBLISH_TOKEN", "the hub's publish credential")
     raw = args.data if args.data is not None else sys.stdin.read()
@@ -291,8 +305,22 @@ def run_publish(args: argparse.Namespace) -> int:
         data = json.loads(raw)
     except ValueError:
         raise UsageError("DATA_JSON is not valid JSON") from None
+    key = str(uuid.uuid4())  # one per message: the hub applies it once however often it is sent
+
+    def attempt() -> int:
+        return publish(
+            args.url, args.channel, data, token=token, timeout=PUBLISH_TIMEOUT, idempotency_key=key
+        )
+
     try:
-        offset = publish(args.url, args.channel, data, token=token, timeout=30.0)
+        try:
+            offset = attempt()
+        except PublishFailed as exc:
+            if exc.status not in _UNANSWERED:
+                raise
+            print(f"wsgate publish: {exc}; retrying once with the same Idempotency-Key", file=sys.stderr)
+            time.sleep(PUBLISH_RETRY_DELAY)
+            offset = attempt()
     except ValueError:  # NaN or Infinity: Python's json reads them, JSON has no such values
         raise UsageError("DATA_JSON is not valid JSON") from None
     print(offset)

@@ -63,7 +63,7 @@ import aiohttp
 from yarl import URL
 
 from wsgate.errors import ProtocolError, WsgateError
-from wsgate.hub import protocol
+from wsgate.hub import idempotency, protocol
 from wsgate.hub.protocol import Since
 from wsgate.logs import SECRET_PARAMS
 
@@ -1094,25 +1094,41 @@ def connect(
 # --- synchronous HTTP publish ------------------------------------------------------------------------------
 
 
-def publish(url: str, channel: str, data: Any, *, token: str, timeout: float = 10.0) -> int:
+def publish(
+    url: str,
+    channel: str,
+    data: Any,
+    *,
+    token: str,
+    timeout: float = 10.0,
+    idempotency_key: str | None = None,
+) -> int:
     """Publish ``data`` on ``channel`` through the hub's HTTP API and return the message's offset.
 
     ``url`` is the hub's HTTP base URL (``http://127.0.0.1:9000``) or its ``…/api/publish``; ``token`` a
     publish credential, sent as ``Authorization: Bearer``. Blocks for at most ``timeout`` seconds. Raises
     :class:`PublishFailed` (with the HTTP status, or ``None`` when the hub could not be reached) and
-    :class:`ValueError` for ``data`` that is not JSON (NaN, infinities, objects JSON cannot encode).
+    :class:`ValueError` for ``data`` that is not JSON (NaN, infinities, objects JSON cannot encode) or an
+    ``idempotency_key`` that is not 1-255 visible ASCII characters.
     Callable from any thread, including one running an event loop (it then runs on a private one).
+
+    With ``idempotency_key`` (e.g. ``str(uuid.uuid4())``, one per message) the call can be repeated after a
+    timeout or a dropped connection: the hub publishes the message once and answers every repetition with
+    the same offset.
     """
     try:
         body = protocol.encode_json({"channel": channel, "data": data})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data is not JSON: {exc}") from None
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    if idempotency_key is not None:
+        headers[idempotency.HEADER] = idempotency.format_key(idempotency_key)
     endpoint = url.rstrip("/")
     if not endpoint.endswith("/api/publish"):
         endpoint += "/api/publish"
 
     def post() -> int:
-        return asyncio.run(_post_publish(endpoint, token, body, timeout))
+        return asyncio.run(_post_publish(endpoint, headers, body, timeout))
 
     try:
         asyncio.get_running_loop()
@@ -1122,15 +1138,11 @@ def publish(url: str, channel: str, data: Any, *, token: str, timeout: float = 1
         return pool.submit(post).result()
 
 
-async def _post_publish(url: str, token: str, body: str, seconds: float) -> int:
+async def _post_publish(url: str, headers: dict[str, str], body: str, seconds: float) -> int:
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=seconds)) as session,
-            session.post(
-                url,
-                data=body.encode(),
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            ) as response,
+            session.post(url, data=body.encode(), headers=headers) as response,
         ):
             if response.status != 200:
                 raise PublishFailed(response.status, await _error_message(response))

@@ -145,6 +145,8 @@ class HubConfig:
     tokens: tuple[StaticToken, ...] = ()
     signing: SigningConfig | None = None
     publish_api: PublishApiConfig = PublishApiConfig()
+    # GET /echo for the Autobahn conformance suite (scripts/conformance); never in production.
+    echo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +826,7 @@ _HUB_KEYS = (
     "tokens",
     "signing",
     "publish_api",
+    "echo",
 )
 _HUB_LIMIT_KEYS = (
     "max_message",
@@ -852,6 +855,7 @@ def _parse_hub(table: _Table) -> HubConfig:
         ),
         signing=_parse_signing(table.table("signing", ("keys", "audience"))),
         publish_api=_parse_publish_api(table.section("publish_api", ("tokens",))),
+        echo=table.boolean("echo", default.echo),
     )
 
 
@@ -1171,6 +1175,7 @@ def _render_hub(hub: HubConfig) -> list[str]:
             ("allow_missing_origin", _toml_bool(hub.allow_missing_origin)),
             ("auth_header", _toml_string(hub.auth_header)),
             ("broker", _toml_string(_mask_url_password(hub.broker))),
+            ("echo", _toml_bool(hub.echo)),
         ),
         *_section("[hub.history]", ("size", str(hub.history.size)), ("ttl", _duration(hub.history.ttl))),
         *_section(

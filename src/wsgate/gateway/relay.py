@@ -6,7 +6,9 @@ untouched, and a 64 MiB message costs no more memory than the transports' buffer
 
 Backpressure is asyncio's own: each transport calls ``pause_writing`` on its protocol when its write buffer
 passes the high-water mark, and this module answers by pausing *reading* on the other side until
-``resume_writing``. When either side ends, the other is closed (after flushing what it was already given).
+``resume_writing``. When either side ends, the other is closed after flushing what it was already given — for
+at most ``FLUSH_GRACE``: a peer that reads nothing (it may itself be stuck writing to us, and a closing
+transport reads no more) would otherwise hold the socket and its buffer forever.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ log = logging.getLogger("wsgate.gateway")
 # loopback or LAN link busy, small enough that an idle tunnel and a slow peer both stay cheap.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# How long the surviving side of an ended tunnel may take to accept what it was already sent (a close frame
+# behind a last message, at most HIGH_WATER bytes) before it is cut.
+FLUSH_GRACE = 5.0
 
 
 class Tunnel:
@@ -65,7 +70,7 @@ class Tunnel:
             self.client.write(data)
 
     def close(self, reason: str) -> None:
-        """End the tunnel: both transports flush what they hold and close."""
+        """End the tunnel: both transports flush what they hold (within FLUSH_GRACE) and close."""
         if self.done.done():
             return
         self.done.set_result(reason)
@@ -74,6 +79,8 @@ class Tunnel:
         for transport in (self.client, self.upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()
+                if transport.get_write_buffer_size():
+                    self.loop.call_later(FLUSH_GRACE, transport.abort)  # a no-op once it has closed
 
     def abort(self, reason: str) -> None:
         """End the tunnel at once, discarding unsent bytes (shutdown deadline passed)."""

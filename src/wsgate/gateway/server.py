@@ -26,6 +26,7 @@ class GatewayServer:
             handshake_timeout=config.limits.handshake_timeout,
             ssl_context=self.ssl_context,
             shutdown_timeout=config.limits.shutdown_timeout,
+            max_head=config.limits.max_header,
         )
         self.admin: Listener | None = None
         if config.admin_listen is not None:

@@ -12,8 +12,9 @@ from aiohttp import web
 
 from wsgate.errors import AuthError, HandshakeError, ProtocolError
 from wsgate.http_server import handshake_guard
-from wsgate.hub import protocol
+from wsgate.hub import idempotency, protocol
 from wsgate.hub.core import CLOSE_GRACE, Draining, Hub, Overloaded
+from wsgate.hub.echo import EchoEndpoint
 from wsgate.hub.metrics import CONTENT_TYPE_LATEST
 
 access_log = logging.getLogger("wsgate.access")
@@ -36,6 +37,8 @@ def build_app(hub: Hub) -> web.Application:
     app.router.add_get("/api/presence", presence)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    if hub.config.echo:  # test-only: [hub] echo = true for the Autobahn suite (wsgate.hub.echo)
+        EchoEndpoint(hub).mount(app)
     return app
 
 
@@ -81,6 +84,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         heartbeat=limits.ping_interval,
         timeout=CLOSE_GRACE,
         decode_text=False,
+        autoclose=False,  # Hub.run_session answers close frames (close_reply_code)
     )
     hub.reserve_handshake()
     try:
@@ -134,6 +138,10 @@ async def publish(request: web.Request) -> web.Response:
     except AuthError as exc:
         hub.reject(exc.reason)
         return _api_error(exc.status, "unauthorized" if exc.status == 401 else "forbidden", exc.message)
+    try:
+        key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, ()))
+    except idempotency.IdempotencyError as exc:
+        return _api_error(exc.status, exc.code, exc.message)
     too_large = _api_error(413, "too_large", f"body larger than {_max_body(hub)} bytes")
     if request.content_length is not None and request.content_length > _max_body(hub):
         return too_large
@@ -156,10 +164,19 @@ async def publish(request: web.Request) -> web.Response:
     if not grant.can_publish(channel):
         hub.reject("channel")
         return _api_error(403, "forbidden", f"this credential may not publish on {channel}")
-    published = await hub.publish(channel, data, via="http")
-    return web.json_response(
-        {"channel": published.channel, "epoch": published.epoch, "offset": published.offset}
-    )
+
+    async def apply() -> idempotency.Answer:
+        published = await hub.publish(channel, data, via="http")
+        return {"channel": published.channel, "epoch": published.epoch, "offset": published.offset}
+
+    # With an Idempotency-Key, a retry gets the first answer and publishes nothing (docs/hub.md).
+    scope = f"{grant.kind}:{grant.subject}"
+    digest = idempotency.fingerprint(channel, data) if key is not None else b""
+    try:
+        answer, replayed = await hub.idempotency.run(scope, key, digest, apply)
+    except idempotency.IdempotencyError as exc:
+        return _api_error(exc.status, exc.code, exc.message)
+    return web.json_response(answer, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
 def _parse_publish_body(raw: bytes) -> tuple[str, str]:

@@ -8,6 +8,7 @@ request's headers, accepts the WebSocket, and hands it to :meth:`Hub.open_sessio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -24,7 +25,8 @@ from wsgate.handshake import check_upgrade, single_header
 from wsgate.hub import protocol
 from wsgate.hub.broker import Broker, create_broker
 from wsgate.hub.broker.base import PresenceEntry, Published
-from wsgate.hub.frames import server_frame
+from wsgate.hub.frames import close_reply_code, server_frame
+from wsgate.hub.idempotency import MIN_WINDOW, IdempotencyStore
 from wsgate.hub.metrics import HubMetrics
 from wsgate.hub.session import Session
 
@@ -33,12 +35,27 @@ log = logging.getLogger("wsgate.hub")
 # Close codes (RFC 6455 §7.4.1, IANA registry).
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
+INVALID_PAYLOAD = 1007
 TRY_AGAIN_LATER = 1013
 
 # A close handshake with a peer that does not answer must not hold a slot forever.
 CLOSE_GRACE = 2.0
 # How long a closed connection's unread output (at most limits.send_queue) may wait for the peer to read it.
 UNREAD_GRACE = 10.0
+
+
+def _strict_utf8(data: bytes | str) -> str | None:
+    """A text message's payload as ``str``, or ``None`` when it is not valid UTF-8.
+
+    aiohttp hands text payloads over undecoded (``decode_text=False``), and ``json.loads`` on bytes would
+    guess UTF-16/32 from NUL bytes and let encoded surrogates through: decode strictly here instead.
+    """
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class Overloaded(WsgateError):
@@ -70,6 +87,8 @@ class Hub:
             audience=signing.audience if signing else None,
         )
         self.publishers = PublishCredentials(config.publish_api.tokens, self.verifier)
+        # Idempotency-Key answers live as long as the history they point into (at least a minute).
+        self.idempotency = IdempotencyStore(window=max(config.history.ttl, MIN_WINDOW))
         self.draining = False
         self.sessions: dict[str, Session] = {}
         self._handshakes = 0
@@ -96,14 +115,21 @@ class Hub:
         The order puts cheap refusals first and never touches the credential of a request that is refused
         for another reason.
         """
+        self.check_handshake(method, headers)
+        token = credential_from_headers(headers, self.config.auth_header)
+        return self.verifier.verify_optional(token)
+
+    def check_handshake(self, method: str, headers: Mapping[str, str]) -> None:
+        """Every check of :meth:`admit` but the credential: draining, upgrade, capacity, Origin.
+
+        The test-only ``/echo`` endpoint admits with this alone (:mod:`wsgate.hub.echo`).
+        """
         if self.draining:
             raise Draining("the hub is shutting down; reconnect to another node")
         check_upgrade(method, headers)
         if len(self.sessions) + self._handshakes >= self.config.limits.max_connections:
             raise Overloaded("too many connections; retry later")
         self.origins.check(single_header(headers, "Origin"))
-        token = credential_from_headers(headers, self.config.auth_header)
-        return self.verifier.verify_optional(token)
 
     def reserve_handshake(self) -> None:
         self._handshakes += 1
@@ -177,12 +203,23 @@ class Hub:
                 if message is None:  # woken to close
                     break
                 if message.type is WSMsgType.TEXT:
-                    await self.handle_message(session, message.data)
+                    text = _strict_utf8(message.data)
+                    if text is None:
+                        # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection (1007).
+                        self.close_session_soon(session, INVALID_PAYLOAD, "text message is not UTF-8")
+                        break
+                    await self.handle_message(session, text)
                 elif message.type is WSMsgType.BINARY:
                     session.send_error(
                         "bad_request", "binary frames are not part of the protocol; send JSON text"
                     )
-                else:  # CLOSE, CLOSING, CLOSED, ERROR: aiohttp has answered the peer already
+                elif message.type is WSMsgType.CLOSE:
+                    # Answered here, not by aiohttp (autoclose=False), which would answer a 1006 with 1000.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(2 * CLOSE_GRACE):
+                            await ws.close(code=close_reply_code(message.data))
+                    break
+                else:  # CLOSING, CLOSED, ERROR: aiohttp has answered the peer already
                     break
             if session.close_code is not None and not ws.closed:
                 try:

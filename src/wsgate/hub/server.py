@@ -44,6 +44,12 @@ class HubServer:
             await self.hub.close()
             raise
         log.info("hub listening on %s (WebSocket at /ws)", self.url)
+        if self.config.echo:
+            log.warning(
+                "ECHO MODE IS ON: %s/echo echoes every message WITHOUT a credential. It is for conformance "
+                "testing only: set [hub] echo = false (the default) anywhere else",
+                self.url.replace("http", "ws", 1),
+            )
 
     async def stop(self) -> None:
         """Drain: /healthz and new handshakes answer 503 while open connections close with 1001.

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMessage, web
+from aiohttp.http import WS_CLOSED_MESSAGE
 
 from wsgate.auth.tokens import Grant
 from wsgate.hub import protocol
@@ -77,6 +78,13 @@ class Session:
                 raise
             task.uncancel()
             return None
+        except ConnectionError:
+            # aiohttp answers a ping inside receive() and waits for the pong to drain; a peer that vanishes
+            # meanwhile (one flooding pings and reading nothing) makes that wait raise. It is a lost
+            # connection like any other: close our side (aiohttp records 1006) and say so.
+            self.receiving = None  # a wake() must not cancel that close half-way
+            await self.ws.close()
+            return WS_CLOSED_MESSAGE
         finally:
             self.receiving = None
 
