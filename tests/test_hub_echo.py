@@ -4,6 +4,7 @@ close-code answer it shares with /ws."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from pathlib import Path
 
@@ -173,6 +174,20 @@ async def test_invalid_utf8_fails_with_1007(start_hub: StartHub, caplog: pytest.
         raw.close()  # without answering the close frame, as Autobahn does after a failure
     # The code the hub failed the connection with, not the 1006 aiohttp records for the dropped connection.
     assert "code=1007" in await access_line(caplog, "echo close")
+
+
+async def test_a_client_that_vanishes_mid_echo_is_a_lost_connection_not_an_error(
+    start_hub: StartHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await echo_hub(start_hub, limits={"max_message": 1 << 21, "send_queue": 1 << 21})
+    caplog.set_level("INFO")
+    raw = await raw_websocket("127.0.0.1", server.port, {"Origin": ORIGIN}, path="/echo", receive_buffer=4096)
+    raw.writer.write(client_frame(0x2, b"x" * (1 << 20)))
+    await raw.writer.drain()
+    await raw.reader.readexactly(2)  # the echo has started, and cannot finish: nobody reads it
+    raw.writer.transport.abort()  # unread data in the buffer: the kernel answers with RST
+    assert "code=1006" in await access_line(caplog, "echo close")
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 async def test_shutdown_closes_echo_connections_with_1001(

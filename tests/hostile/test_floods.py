@@ -75,7 +75,7 @@ async def test_pings_every_millisecond_for_a_second_are_all_answered_and_others_
             await reading
         ws.close()
     print(f"\n[flood] {target.name}: {sent} pings in 1 s, slowest bystander {max(latencies):.3f} s")
-    assert sent > 300  # the loop did flood (timer granularity limits it below 1000 on a busy machine)
+    assert sent > 100  # the loop did flood (timer granularity and a busy machine keep it below 1000)
     assert pongs == [b"%08d" % i for i in range(sent)]  # each answered, in order, with its payload
     assert latencies, "no bystander round trip completed during the flood"
     assert max(latencies) < 1.0, latencies

@@ -141,8 +141,9 @@ async def test_a_flood_of_half_open_connections_is_cut_at_the_deadline_and_leaks
             for _, writer in connections:
                 writer.close()
     assert answers == [b""] * FLOOD  # cut without an answer: no request was ever complete
-    assert held <= HANDSHAKE_TIMEOUT + 3.0, held
-    assert latency < 2.0
+    # Generous margins: the bounds under test are "cut near the deadline" and "others still served", not speed.
+    assert held <= HANDSHAKE_TIMEOUT + 5.0, held
+    assert latency < 5.0
     await wait_until(lambda: server.fds() <= baseline_fds, "the server's file descriptors to return")
     assert memory.growth_kib < 32 * 1024, memory
     assert server.alive()

@@ -28,6 +28,7 @@ from wsgate.hub.frames import OP_BINARY, OP_TEXT, close_reply_code, server_frame
 access_log = logging.getLogger("wsgate.access")
 
 PATH = "/echo"
+ABNORMAL_CLOSURE = 1006  # logged, never sent: the connection was lost without a close frame
 
 
 class EchoEndpoint:
@@ -83,7 +84,13 @@ class EchoEndpoint:
         # aiohttp validates frames, UTF-8 (1007) and sizes (1009) and answers pings: what reaches here is a
         # whole message, sent back as it came, or the peer's close.
         while True:
-            message = await ws.receive()
+            try:
+                message = await ws.receive()
+            except ConnectionError:
+                # aiohttp answers a ping inside receive() and waits for the pong to drain; a peer that has
+                # vanished makes that wait raise (as in Session.receive). A lost connection: 1006.
+                await ws.close()
+                return ABNORMAL_CLOSURE
             if message.type is WSMsgType.TEXT:
                 await self._reply(request, server_frame(message.data.encode(), OP_TEXT))
             elif message.type is WSMsgType.BINARY:
@@ -113,7 +120,8 @@ class EchoEndpoint:
         if transport is None or transport.is_closing():
             return
         transport.write(frame)
-        await request.writer.drain()
+        with contextlib.suppress(ConnectionError):  # the peer is gone: the next receive() says so
+            await request.writer.drain()
 
     def _refuse(
         self,
