@@ -141,7 +141,7 @@ async def test_a_flood_of_half_open_connections_is_cut_at_the_deadline_and_leaks
             for _, writer in connections:
                 writer.close()
     assert answers == [b""] * FLOOD  # cut without an answer: no request was ever complete
-    # Generous margins: the bounds under test are "cut near the deadline" and "others still served", not speed.
+    # Generous margins: what is under test is "cut near the deadline" and "others served", not speed.
     assert held <= HANDSHAKE_TIMEOUT + 5.0, held
     assert latency < 5.0
     await wait_until(lambda: server.fds() <= baseline_fds, "the server's file descriptors to return")
