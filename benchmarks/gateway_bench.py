@@ -113,9 +113,9 @@ STEP_TIMEOUT = 20.0  # any one awaited step: a handshake, a drain, a proxy start
 RUN_TIMEOUT = 570.0  # the whole run stays under ten minutes
 MAX_HANDSHAKES = 100_000  # per handshake window: a bound on top of the time bound
 FD_MARGIN = 512  # descriptors beyond those of the connections: listeners, logs, pipes, the runtimes' own
-# CPUs the rest of the machine may use during a window before it is flagged as disturbed. On an idle machine
-# the figure stays within ±0.12 (kernel work charged to no process, such as softirqs run by ksoftirqd, and
-# the different rounding of /proc/stat and /proc/<pid>/stat); a test suite running alongside shows 0.3-1.7.
+# CPUs the other processes of the machine may use during a window before it is flagged as disturbed. On an
+# idle machine the figure stays within about ±0.1 (kernel threads, and the different rounding of /proc/stat
+# and /proc/<pid>/stat); a test suite running alongside shows 0.3-1.9.
 DISTURBED_CPUS = 0.2
 MAX_HEAD = 16 * 1024  # largest HTTP head either side of this benchmark accepts
 
@@ -1452,12 +1452,16 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, d
             values = metric_values(rounds, scenario, path)
             if key == "idle_kib":
                 values = [v / 1024 for v in values]
+            disturbed = sum(
+                1 for result in rounds if (result.get(scenario) or {}).get("verdict") == "disturbed"
+            )
             summary[key][target] = (
                 {
                     "median": statistics.median(values),
                     "min": min(values),
                     "max": max(values),
                     "n": len(values),
+                    "disturbed": disturbed,
                 }
                 if values
                 else None
@@ -1540,14 +1544,19 @@ def render(
         lines.append(
             row(
                 f"{label} ({unit})",
-                [fmt.format(c["median"]) if (c := cells.get(t)) else "—" for t in targets],
+                [
+                    fmt.format(c["median"]) + ("*" if c["disturbed"] else " ")
+                    if (c := cells.get(t))
+                    else "— "
+                    for t in targets
+                ],
             )
         )
         lines.append(
             row(
                 "",
                 [
-                    f"{fmt.format(c['min'])}–{fmt.format(c['max'])}" if (c := cells.get(t)) else ""
+                    f"{fmt.format(c['min'])}–{fmt.format(c['max'])} " if (c := cells.get(t)) else ""
                     for t in targets
                 ],
             )
@@ -1573,8 +1582,8 @@ def render(
                 lines.append(f"  {LABELS[target]:<12} {scenario:<15}" + "  ".join(parts))
     if disturbed:
         lines.append(
-            f"  WARNING: {disturbed} window(s) disturbed by other processes (≥ {DISTURBED_CPUS} CPUs): "
-            "rates are suspect; run again on an idle machine"
+            f"  WARNING: {disturbed} window(s) disturbed by other processes (≥ {DISTURBED_CPUS} CPUs), "
+            "marked * in the table: their rates are suspect; run again on an idle machine"
         )
     if checks:
         lines += ["", "issue 3 targets for wsgate (on the medians):"]

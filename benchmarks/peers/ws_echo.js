@@ -1,6 +1,7 @@
 // A WebSocket echo server on the `ws` package, the alternative upstream of the gateway benchmark
 // (`gateway_bench.py --echo node`). It refuses (401) every handshake whose `token` header is not WS_TOKEN, so a
-// proxy that fails to inject the credential is caught.
+// proxy that fails to inject the credential is caught. Like the Python echo server, it answers the text
+// message "stream N" by streaming N-byte messages.
 //
 //   WS_TOKEN=... node ws_echo.js PORT [PORT...]
 //
@@ -24,8 +25,29 @@ function authorised(req) {
 }
 
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clientTracking: false });
+const STREAM = 'stream ';
+const STREAM_IN_FLIGHT = 8; // messages handed to the socket and not yet written out
+
 wss.on('connection', (socket) => {
-  socket.on('message', (data, isBinary) => socket.send(data, { binary: isBinary }));
+  socket.on('message', (data, isBinary) => {
+    // The text command "stream N": send N-byte binary messages nonstop, as fast as the socket drains.
+    if (!isBinary && data.length < 32 && data.toString().startsWith(STREAM)) {
+      const chunk = crypto.randomBytes(Number(data.toString().slice(STREAM.length)));
+      let inFlight = 0;
+      const pump = () => {
+        while (socket.readyState === socket.OPEN && inFlight < STREAM_IN_FLIGHT) {
+          inFlight += 1;
+          socket.send(chunk, { binary: true }, () => {
+            inFlight -= 1;
+            pump();
+          });
+        }
+      };
+      pump();
+      return;
+    }
+    socket.send(data, { binary: isBinary });
+  });
   socket.on('error', () => socket.terminate());
 });
 
