@@ -113,9 +113,9 @@ STEP_TIMEOUT = 20.0  # any one awaited step: a handshake, a drain, a proxy start
 RUN_TIMEOUT = 570.0  # the whole run stays under ten minutes
 MAX_HANDSHAKES = 100_000  # per handshake window: a bound on top of the time bound
 FD_MARGIN = 512  # descriptors beyond those of the connections: listeners, logs, pipes, the runtimes' own
-# CPUs the other processes of the machine may use during a window before it is flagged as disturbed. On an
-# idle machine the figure stays within about ±0.1 (kernel threads, and the different rounding of /proc/stat
-# and /proc/<pid>/stat); a test suite running alongside shows 0.3-1.9.
+# CPUs the rest of the machine may use during a window before it is flagged as disturbed. On an idle machine
+# the figure stays within ±0.12 (kernel work charged to no process, such as softirqs run by ksoftirqd, and
+# the different rounding of /proc/stat and /proc/<pid>/stat); a test suite running alongside shows 0.3-1.9.
 DISTURBED_CPUS = 0.2
 MAX_HEAD = 16 * 1024  # largest HTTP head either side of this benchmark accepts
 

@@ -75,12 +75,13 @@ def process_tree(pid: int) -> list[int]:
 
 
 def machine_busy() -> float:
-    """CPU seconds all CPUs together have spent running processes since boot (user, nice, system and steal
-    time), from the first line of ``/proc/stat``. Over a window, this minus the CPU time of the processes a
-    benchmark knows is what the other processes on the machine used.
+    """CPU seconds all CPUs together have spent busy since boot (user, nice, system, irq, softirq, steal:
+    everything but idle and iowait), from the first line of ``/proc/stat``. Over a window, this minus the
+    CPU time of the processes a benchmark knows is what everything else on the machine used.
 
-    Interrupt and softirq time are left out: on loopback the receiving half of TCP runs as a softirq charged
-    to no process (~0.14 CPUs at 75,000 echo round trips/s), so it would pass for another program's work."""
+    Softirq time is kept in: this kernel charges the softirqs a process runs (on loopback, the receiving half
+    of TCP) to that process's system time in ``/proc/<pid>/stat`` but to softirq in ``/proc/stat``; leaving
+    it out made the remainder negative by up to 0.7 CPUs."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields
-    return (user + nice + system + steal) / CLOCK_TICKS
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
