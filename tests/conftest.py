@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 import uvloop
 
 from wsgate.config import (
@@ -59,6 +61,19 @@ def make_hub_config(**overrides: Any) -> HubConfig:
     if limits is not None:
         config = replace(config, limits=replace(config.limits, **limits))
     return replace(config, **overrides)
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A throwaway certificate authority; servers get certificates for 127.0.0.1 from it."""
+    return trustme.CA()
+
+
+def tls_server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server-side TLS context with a certificate for 127.0.0.1 issued by ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
 
 
 StartHub = Callable[..., Awaitable[HubServer]]

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.conftest import TIMEOUT, wait_for
+from tests.conftest import TIMEOUT, tls_server_context, wait_for
 from wsgate.config import GatewayLimits, Route, UpstreamTls
 from wsgate.gateway.forwarding import (
     RejectedRequest,
@@ -946,22 +946,11 @@ async def test_a_given_session_is_used_and_left_open(upstream: Upstream, start_g
 # TLS upstreams.
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
-
-
 async def test_https_upstream_verified_with_the_configured_ca(
     ca: trustme.CA, tmp_path: Path, start_upstream: StartUpstream, start_gateway: StartGateway,
     http: aiohttp.ClientSession,
 ) -> None:  # fmt: skip
-    upstream = await start_upstream(server_context(ca))
+    upstream = await start_upstream(tls_server_context(ca))
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     gateway = await start_gateway(make_route(upstream.url, tls=UpstreamTls(ca=ca_file)))
@@ -975,7 +964,7 @@ async def test_an_untrusted_certificate_is_a_502_and_one_clear_log_line(
     start_upstream: StartUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    upstream = await start_upstream(server_context(trustme.CA()))  # a CA nobody trusts
+    upstream = await start_upstream(tls_server_context(trustme.CA()))  # a CA nobody trusts
     gateway = await start_gateway(make_route(upstream.url))
     caplog.set_level(logging.DEBUG, logger="wsgate")
     async with http.get(gateway.url + "/api/x", headers={"Cookie": "sessionid=abc"}) as resp:
@@ -996,7 +985,7 @@ async def test_an_untrusted_certificate_is_a_502_and_one_clear_log_line(
 async def test_verification_off_only_when_configured(
     start_upstream: StartUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    upstream = await start_upstream(server_context(trustme.CA()))
+    upstream = await start_upstream(tls_server_context(trustme.CA()))
     gateway = await start_gateway(make_route(upstream.url, tls=UpstreamTls(verify=False)))
     async with http.get(gateway.url + "/api/x") as resp:
         await echo(resp)

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import logging
 import os
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ import aiohttp
 import pytest
 import trustme
 
+from tests.conftest import tls_server_context
 from tests.echo_upstream import EchoUpstream
 from tests.wsraw import client_frame
 from wsgate.config import Address, GatewayConfig, GatewayLimits, Route, UpstreamTls
@@ -298,21 +298,10 @@ async def test_one_upstream_down_among_several(
     assert len(upstream.handshakes) == 4
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
-
-
 async def test_wss_upstream_verified_with_the_configured_ca(
     ca: trustme.CA, tmp_path: Path, start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    secure = await EchoUpstream(token=SECRET, ssl_context=server_context(ca)).start()
+    secure = await EchoUpstream(token=SECRET, ssl_context=tls_server_context(ca)).start()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     try:
@@ -330,7 +319,7 @@ async def test_untrusted_upstream_certificate_is_refused_with_a_clear_log_line(
     http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    secure = await EchoUpstream(token=SECRET, ssl_context=server_context(ca)).start()
+    secure = await EchoUpstream(token=SECRET, ssl_context=tls_server_context(ca)).start()
     try:
         gateway = await start_gateway(ws_route(secure.url))  # system roots do not know the test CA
         with caplog.at_level(logging.INFO, logger="wsgate"):

@@ -22,7 +22,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.conftest import KIOSK_TOKEN, StartHub, make_hub_config, ws_url
+from tests.conftest import KIOSK_TOKEN, StartHub, make_hub_config, tls_server_context, ws_url
 from tests.echo_upstream import EchoUpstream
 from wsgate.auth.origins import OriginPolicy
 from wsgate.cli import main
@@ -869,16 +869,9 @@ async def test_a_silent_server_times_out_per_request() -> None:
     assert accepted.is_set()
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 async def tls_vulnerable(ca: trustme.CA) -> AsyncIterator[VulnerableServer]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    server = await VulnerableServer().start(context)
+    server = await VulnerableServer().start(tls_server_context(ca))
     yield server
     await server.stop()
 
