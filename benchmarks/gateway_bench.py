@@ -40,7 +40,6 @@ import hmac
 import json
 import math
 import os
-import platform
 import resource
 import secrets
 import shutil
@@ -57,12 +56,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import aiohttp
-
 try:
     from benchmarks.procstat import (
         cpu_times,
         machine_busy,
+        machine_description,
         maps_library,
         process_tree,
         rss_bytes,
@@ -72,6 +70,7 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
     from procstat import (  # type: ignore[no-redef,import-not-found]
         cpu_times,
         machine_busy,
+        machine_description,
         maps_library,
         process_tree,
         rss_bytes,
@@ -1339,27 +1338,10 @@ def source_version() -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    try:
-        import uvloop
-
-        uvloop_version: str | None = str(getattr(uvloop, "__version__", "?"))
-    except ImportError:
-        uvloop_version = None
     nginx = nginx_binary()
     return {
         "wsgate": source_version(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "uvloop": uvloop_version,
-        "aiohttp": aiohttp.__version__,
+        **machine_description(),
         "nginx": version_of([nginx, "-v"]) if nginx else "not installed",
         "node": version_of(["node", "--version"]),
         "express": npm_version("express"),

@@ -35,7 +35,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import resource
 import secrets
 import signal
@@ -54,11 +53,19 @@ from typing import Any, cast
 import aiohttp
 
 try:
-    from benchmarks.procstat import cpu_seconds, cpu_times, maps_library, rss_bytes, run_delay
+    from benchmarks.procstat import (
+        cpu_seconds,
+        cpu_times,
+        machine_description,
+        maps_library,
+        rss_bytes,
+        run_delay,
+    )
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from procstat import (  # type: ignore[no-redef,import-not-found]
         cpu_seconds,
         cpu_times,
+        machine_description,
         maps_library,
         rss_bytes,
         run_delay,
@@ -752,26 +759,7 @@ def raise_fd_limit(needed: int) -> int:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    try:
-        import uvloop
-
-        uvloop_version: str | None = str(getattr(uvloop, "__version__", "?"))
-    except ImportError:
-        uvloop_version = None
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "uvloop": uvloop_version,
-        "aiohttp": aiohttp.__version__,
-        "kernel": platform.release(),
-    }
+    return machine_description()
 
 
 def render(

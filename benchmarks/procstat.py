@@ -3,8 +3,11 @@ its own work instead of timing everything from the outside."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these ticks (usually 100 Hz)
 
@@ -85,3 +88,29 @@ def machine_busy() -> float:
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def machine_description() -> dict[str, Any]:
+    """What a benchmark ran on: CPUs usable here, CPU model, kernel, Python, uvloop and aiohttp versions."""
+    import aiohttp
+
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        import uvloop
+
+        uvloop_version: str | None = str(getattr(uvloop, "__version__", "?"))
+    except ImportError:
+        uvloop_version = None
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": uvloop_version,
+        "aiohttp": aiohttp.__version__,
+    }
