@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -265,6 +265,18 @@ def upgrade_request(port: int, token: str) -> bytes:
     ).encode()
 
 
+async def open_all(count: int, open_one: Callable[[int], Awaitable[None]]) -> BaseException | None:
+    """Run ``open_one(0 … count-1)`` concurrently; the first connection failure, or None when all opened."""
+    failure: BaseException | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            for i in range(count):
+                group.create_task(open_one(i))
+    except* (OSError, BenchError, TimeoutError) as failed:
+        failure = failed.exceptions[0]
+    return failure
+
+
 async def generate(spec: GeneratorSpec, conn: Connection) -> None:
     """Open ``spec.count`` subscriptions, report progress until told to stop, then summarise."""
     loop = asyncio.get_running_loop()
@@ -283,13 +295,7 @@ async def generate(spec: GeneratorSpec, conn: Connection) -> None:
                 await subscriber.subscribed
 
     started = time.monotonic()
-    failure: BaseException | None = None
-    try:
-        async with asyncio.TaskGroup() as group:
-            for i in range(spec.count):
-                group.create_task(open_one(i))
-    except* (OSError, BenchError, TimeoutError) as failed:
-        failure = failed.exceptions[0]
+    failure = await open_all(spec.count, open_one)
     if failure is not None:
         conn.send(("error", f"subscriber could not connect: {failure.__class__.__name__}: {failure}"))
         return

@@ -64,6 +64,7 @@ try:
         Subscriber,
         Swarm,
         client_frame,
+        open_all,
         run_loop,
         split,
     )
@@ -78,6 +79,7 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
         Subscriber,
         Swarm,
         client_frame,
+        open_all,
         run_loop,
         split,
     )
@@ -193,13 +195,7 @@ async def run_kiosks(spec: KioskSpec, conn: Connection) -> None:
                 await kiosk.subscribed
 
     started = time.monotonic()
-    failure: BaseException | None = None
-    try:
-        async with asyncio.TaskGroup() as group:
-            for i in range(spec.count):
-                group.create_task(open_one(i))
-    except* (OSError, BenchError, TimeoutError) as failed:
-        failure = failed.exceptions[0]
+    failure = await open_all(spec.count, open_one)
     if failure is not None:
         conn.send(("error", f"a kiosk could not connect: {failure.__class__.__name__}: {failure}"))
         for kiosk in kiosks:
