@@ -129,8 +129,8 @@ async def test_a_flood_of_half_open_connections_is_cut_at_the_deadline_and_leaks
         try:
             for _, writer in connections:
                 writer.write(preamble)
-            await wait_until(lambda: server.fds() >= baseline_fds + FLOOD, "the server to accept the flood")
-            # Served meanwhile.
+            # Served meanwhile. No wait for every socket to show in the server's fd table: on a loaded
+            # machine the first ones reach their deadline before the last are accepted.
             latency = await bystander_roundtrip(target, hub_process)
             answers = await asyncio.wait_for(
                 asyncio.gather(*(_wait_for_eof(reader) for reader, _ in connections)),
