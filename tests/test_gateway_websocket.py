@@ -411,7 +411,7 @@ async def test_connections_beyond_the_limit_get_503(
     second = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
     assert await status_of(http, gateway, {"Origin": ORIGIN}) == 503
     await first.close()
-    await wait_until(lambda: gateway.gateway.active < 2, "a slot to free up")
+    await wait_until(lambda: gateway.gateway.slots.active < 2, "a slot to free up")
     assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
     await second.close()
 
@@ -453,3 +453,115 @@ async def test_metrics_are_served_on_the_admin_listener_only(
             assert response.status == 404  # never on the public listener
     finally:
         await gateway.stop()
+
+
+# --- how connections reach the proxy (wsgate.front) ---------------------------------------------------------
+
+
+def upgrade_head(path: str = "/ws") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nOrigin: {ORIGIN}\r\n\r\n"
+    ).encode()
+
+
+async def echo_through(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, text: bytes) -> bytes:
+    writer.write(client_frame(0x1, text))
+    header = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    return await asyncio.wait_for(reader.readexactly(header[1] & 0x7F), TIMEOUT)
+
+
+async def test_an_upgrade_on_a_kept_alive_connection_is_proxied_the_same_way(
+    upstream: EchoUpstream, start_gateway: StartGateway
+) -> None:
+    """The first request goes to aiohttp (no route: 404, connection kept); the upgrade behind it must still
+    get the Origin check, the injected token and the byte relay."""
+    gateway = await start_gateway(ws_route(upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 404")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+    )
+    await reader.readexactly(length)
+    writer.write(upgrade_head())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101")
+    assert await echo_through(reader, writer, b"second request") == b"second request"
+    (seen,) = upstream.handshakes
+    assert seen["token"] == SECRET
+    writer.close()
+    await wait_until(lambda: gateway.gateway.slots.active == 0, "the tunnel's slot to be released")
+
+
+async def test_a_foreign_origin_on_a_kept_alive_connection_is_403(
+    upstream: EchoUpstream, start_gateway: StartGateway
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    writer.write(upgrade_head().replace(ORIGIN.encode(), b"https://evil.example.com"))
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # read to the end: the 404's body, then the 403
+    assert b"HTTP/1.1 403" in answer
+    assert upstream.handshakes == []
+    writer.close()
+
+
+async def test_a_percent_encoded_route_path_reaches_the_same_proxy(
+    upstream: EchoUpstream, start_gateway: StartGateway
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(upgrade_head("/w%73"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101")
+    assert await echo_through(reader, writer, b"encoded") == b"encoded"
+    assert upstream.handshakes[0]["token"] == SECRET
+    writer.close()
+
+
+async def test_a_client_leaving_during_the_upstream_handshake_frees_its_slot_and_the_upstream(
+    start_gateway: StartGateway,
+) -> None:
+    upstream_closed = asyncio.Event()
+    request_seen = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        request_seen.set()
+        await reader.read()  # never answers; returns when the gateway hangs up
+        upstream_closed.set()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gateway = await start_gateway(ws_route(f"ws://127.0.0.1:{port}/ws"), upstream_timeout=30.0)
+        _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(upgrade_head())
+        await asyncio.wait_for(request_seen.wait(), TIMEOUT)
+        assert gateway.gateway.slots.active == 1
+        writer.close()
+        await asyncio.wait_for(upstream_closed.wait(), TIMEOUT)
+        await wait_until(lambda: gateway.gateway.slots.active == 0, "the slot to be released")
+        assert gateway.gateway.tunnels() == 0
+    finally:
+        server.close()
+
+
+async def test_other_paths_still_get_their_whole_handshake_deadline_once(
+    upstream: EchoUpstream, start_gateway: StartGateway
+) -> None:
+    """The deadline counts from accept: a request line that took most of it leaves aiohttp only the rest."""
+    gateway = await start_gateway(ws_route(upstream.url), handshake_timeout=0.6)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    writer.write(b"GET /api")
+    await asyncio.sleep(0.4)
+    writer.write(b" HTTP/1.1\r\nHost: x\r\n")  # the request line is in: aiohttp's from here
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    assert loop.time() - started < 1.0  # not 0.4 + a fresh 0.6
+    writer.close()

@@ -26,6 +26,8 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from wsgate.front import FrontProtocol, UpgradeHandler
+
 log = logging.getLogger("wsgate.server")
 
 # aiohttp's own defaults (8190 bytes a line or header, 128 headers), kept explicit because they are a promise.
@@ -112,6 +114,12 @@ class GuardedRequestHandler(RequestHandler):
         if self._guard is None and self.transport is not None:
             self._guard = asyncio.get_running_loop().call_later(self._guard_timeout, self._guard_expired)
 
+    def rearm_guard(self, delay: float) -> None:
+        """Give the head being received ``delay`` seconds: what is left of a deadline that began earlier."""
+        self.disarm_guard()
+        if self.transport is not None:
+            self._guard = asyncio.get_running_loop().call_later(delay, self._guard_expired)
+
     def disarm_guard(self) -> None:
         if self._guard is not None:
             self._guard.cancel()
@@ -195,7 +203,11 @@ def head_size(request: web.BaseRequest) -> int:
 
 
 class Listener:
-    """An aiohttp application bound to one address, with a handshake deadline on every connection."""
+    """An aiohttp application bound to one address, with a handshake deadline on every connection.
+
+    With ``upgrades``, each connection's first request is routed by :class:`~wsgate.front.FrontProtocol`:
+    upgrades on the handler's paths go to it directly, the rest to the application.
+    """
 
     def __init__(
         self,
@@ -208,8 +220,10 @@ class Listener:
         shutdown_timeout: float = 10.0,
         backlog: int = 1024,
         max_head: int = MAX_HEAD,
+        upgrades: UpgradeHandler | None = None,
     ) -> None:
         self.app = app
+        self.upgrades = upgrades
         self.host = host
         self.port = port
         self.handshake_timeout = handshake_timeout
@@ -246,8 +260,16 @@ class Listener:
                 max_headers=MAX_HEADERS,
             )
 
+        upgrades = self.upgrades
+
+        def front_factory() -> FrontProtocol:
+            assert upgrades is not None
+            return FrontProtocol(
+                upgrades, protocol_factory, timeout=self.handshake_timeout, max_head=self.max_head
+            )
+
         self._server = await loop.create_server(
-            protocol_factory,
+            protocol_factory if upgrades is None else front_factory,
             self.host,
             self.port,
             ssl=self.ssl_context,

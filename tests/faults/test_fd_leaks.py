@@ -107,7 +107,9 @@ async def test_no_descriptor_leaks_across_1000_cycles_through_the_gateway(
     try:
 
         def settled() -> bool:
-            return not hub.hub.sessions and gateway.gateway.tunnels() == 0 and gateway.gateway.active == 0
+            return (
+                not hub.hub.sessions and gateway.gateway.tunnels() == 0 and gateway.gateway.slots.active == 0
+            )
 
         cycle = cycles(http, gateway.port, "/ws?kiosk=cycle", {"Origin": ORIGIN})
         await assert_no_leak("through the gateway", cycle, settled)

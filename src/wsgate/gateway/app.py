@@ -1,10 +1,13 @@
-"""The gateway's aiohttp application: configured routes (longest prefix first), then static files.
+"""The gateway's routes: configured routes (longest prefix first), then static files.
 
-Every upstream comes from the configuration; nothing in a request can choose where it is sent.
+WebSocket routes are served from the connection's first request line on (:mod:`wsgate.front`, the
+:class:`Gateway` is its upgrade handler); the rest is an aiohttp application. Every upstream comes from the
+configuration; nothing in a request can choose where it is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -13,10 +16,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from wsgate.auth.origins import OriginPolicy
 from wsgate.config import GatewayConfig, Route
+from wsgate.front import OnEnd, take_over
+from wsgate.gateway.capacity import ConnectionSlots
 from wsgate.gateway.http_proxy import HttpProxy
 from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.static import StaticFiles
 from wsgate.gateway.websocket import WebSocketProxy
+from wsgate.http_head import RequestHead
 from wsgate.http_server import handshake_guard
 
 log = logging.getLogger("wsgate.gateway")
@@ -32,16 +38,47 @@ class Gateway:
         self.scheme = "https" if config.tls is not None else "http"
         self.websocket_proxies: list[WebSocketProxy] = []
         self.http_proxies: list[HttpProxy] = []
-        self.active = 0
-        self.draining = False
+        self.slots = ConnectionSlots(config.limits.max_connections)
         self.metrics = GatewayMetrics()
-        self.metrics.connections.set_function(lambda: self.active)
+        self.metrics.connections.set_function(lambda: self.slots.active)
         self.static = StaticFiles(config.static, spa=config.spa) if config.static is not None else None
+        # Each route's path and the prefix its sub-paths start with, longest first, and the route's proxy
+        # when it is a WebSocket route.
+        self._routes: list[tuple[str, str, WebSocketProxy | None]] = []
+        for route in config.routes:
+            proxy = self._websocket_proxy(route) if route.websocket else None
+            self._routes.append((route.path, route.path.rstrip("/") + "/", proxy))
+
+    @property
+    def draining(self) -> bool:
+        return self.slots.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.slots.draining = value
+
+    # --- the upgrade handler (wsgate.front) ------------------------------------------------------------
+
+    def _route_for(self, path: str) -> WebSocketProxy | None:
+        for exact, prefix, proxy in self._routes:
+            if path == exact or path.startswith(prefix):
+                return proxy
+        return None
+
+    def claims(self, path: str) -> bool:
+        return self._route_for(path) is not None
+
+    def accept(
+        self, head: RequestHead, transport: asyncio.Transport, data: bytes, on_end: OnEnd | None
+    ) -> None:
+        proxy = self._route_for(head.path)
+        assert proxy is not None, "accept() is only called for claimed paths"
+        proxy.accept(head, transport, data, on_end)
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[handshake_guard, self._count_connections])
         for route in self.config.routes:  # already longest path first
-            handler = self._counted(route.path, self._route_handler(route))
+            handler = self._route_handler(route)
             app.router.add_route("*", route.path, handler)
             app.router.add_route("*", route.path.rstrip("/") + "/{tail:.*}", handler)
         if self.static is not None:
@@ -52,19 +89,36 @@ class Gateway:
 
     def _route_handler(self, route: Route) -> Handler:
         if route.websocket:
-            origins = OriginPolicy(
-                self.config.public_origins,
-                allow_missing=route.allow_missing_origin,
-                config_key="gateway.public_origins",
-            )
-            ws_proxy = WebSocketProxy(
-                route, origins=origins, limits=self.config.limits, scheme=self.scheme, metrics=self.metrics
-            )
-            self.websocket_proxies.append(ws_proxy)
-            return ws_proxy.handle
+            proxy = self._route_for(route.path)
+            assert proxy is not None
+
+            async def upgrade(request: web.Request) -> web.StreamResponse:
+                # Reached only when aiohttp routes an upgrade the front did not claim (a second request on a
+                # kept-alive connection, a percent-encoded path): served by the same proxy.
+                return await take_over(request, proxy)
+
+            upgrade.counts_itself = True  # type: ignore[attr-defined]  # see _count_connections
+            return upgrade
         http_proxy = HttpProxy(route, limits=self.config.limits)
         self.http_proxies.append(http_proxy)
-        return http_proxy.handle
+        return self._counted(route.path, http_proxy.handle)
+
+    def _websocket_proxy(self, route: Route) -> WebSocketProxy:
+        origins = OriginPolicy(
+            self.config.public_origins,
+            allow_missing=route.allow_missing_origin,
+            config_key="gateway.public_origins",
+        )
+        proxy = WebSocketProxy(
+            route,
+            origins=origins,
+            limits=self.config.limits,
+            scheme=self.scheme,
+            metrics=self.metrics,
+            slots=self.slots,
+        )
+        self.websocket_proxies.append(proxy)
+        return proxy
 
     def _counted(self, route_path: str, handler: Handler) -> Handler:
         requests = self.metrics.requests
@@ -93,17 +147,17 @@ class Gateway:
 
     @web.middleware
     async def _count_connections(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.draining:
-            return web.Response(status=503, text="the gateway is shutting down\n")
-        if self.active >= self.config.limits.max_connections:
-            return web.Response(
-                status=503, text="too many connections; retry later\n", headers={"Retry-After": "5"}
-            )
-        self.active += 1
+        if getattr(request.match_info.handler, "counts_itself", False):
+            return await handler(request)  # a WebSocket proxy takes its own slot
+        refusal = self.slots.refusal()
+        if refusal is not None:
+            status, message, headers = refusal
+            return web.Response(status=status, text=message + "\n", headers=headers)
+        self.slots.acquire()
         try:
             return await handler(request)
         finally:
-            self.active -= 1
+            self.slots.release()
 
     async def _start(self, app: web.Application) -> None:
         for proxy in self.http_proxies:

@@ -30,13 +30,25 @@ FLUSH_GRACE = 5.0
 
 
 class Tunnel:
-    """Two transports joined after a successful upgrade; :attr:`done` resolves with the reason it ended."""
+    """A client connection accepted for proxying and, once the upstream has answered 101, the upstream's.
 
-    def __init__(self, *, idle_timeout: float | None = None, max_lifetime: float | None = None) -> None:
+    :attr:`done` resolves with the reason it ended; :attr:`opening` is the upstream handshake in progress,
+    cancelled if the tunnel ends first (the client left, shutdown).
+    """
+
+    def __init__(
+        self,
+        client: asyncio.Transport,
+        *,
+        idle_timeout: float | None = None,
+        max_lifetime: float | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[str] = self.loop.create_future()
-        self.client: asyncio.Transport | None = None
+        self.client = client
         self.upstream: asyncio.Transport | None = None
+        self.upstream_url = ""
+        self.opening: asyncio.Task[None] | None = None
         self.bytes_up = 0  # client -> upstream
         self.bytes_down = 0  # upstream -> client
         self.started = time.monotonic()
@@ -45,11 +57,15 @@ class Tunnel:
         self._max_lifetime = max_lifetime
         self._timers: list[asyncio.TimerHandle] = []
 
-    def join(self, client: asyncio.Transport, upstream: asyncio.Transport) -> None:
+    @property
+    def joined(self) -> bool:
+        return self.upstream is not None
+
+    def join(self, upstream: asyncio.Transport) -> None:
         """Start relaying; the idle and lifetime clocks start now."""
-        self.client = client
         self.upstream = upstream
-        for transport in (client, upstream):
+        self.opening = None
+        for transport in (self.client, upstream):
             transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         self.started = self._last_activity = time.monotonic()
         if self._max_lifetime is not None:
@@ -64,7 +80,7 @@ class Tunnel:
             self.upstream.write(data)
 
     def to_client(self, data: bytes) -> None:
-        if self.client is not None and not self.done.done():
+        if not self.done.done():
             self.bytes_down += len(data)
             self._last_activity = time.monotonic()
             self.client.write(data)
@@ -76,6 +92,9 @@ class Tunnel:
         self.done.set_result(reason)
         for timer in self._timers:
             timer.cancel()
+        if self.opening is not None:
+            self.opening.cancel()
+            self.opening = None
         for transport in (self.client, self.upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()
@@ -130,27 +149,51 @@ class _Side(asyncio.Protocol):
 
 
 class ClientSide(_Side):
-    """The browser's connection, taken over from aiohttp after the 101.
+    """The client's connection, from the moment its upgrade request is accepted for proxying.
 
-    ``on_lost`` passes the end of the connection on to aiohttp's own protocol object, which still accounts
-    for the connection (its server waits for it at shutdown).
+    Until :meth:`relay` (while the upstream handshake runs) it holds what the client sends — a client may
+    send its first frames right behind its request — and stops reading once that passes HIGH_WATER.
+    ``on_end``, when given, learns of the end of the connection (:func:`wsgate.front.take_over`).
     """
 
     name = "client"
 
-    def __init__(self, tunnel: Tunnel, on_lost: Callable[[Exception | None], None]) -> None:
+    def __init__(self, tunnel: Tunnel, on_end: Callable[[BaseException | None], None] | None = None) -> None:
         super().__init__(tunnel)
-        self._on_lost = on_lost
+        self.on_end = on_end
+        self._held: bytearray | None = bytearray()
 
     def _peer(self) -> asyncio.Transport | None:
         return self.tunnel.upstream
 
+    def hold(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self.tunnel.to_upstream(data)
+            return
+        held += data
+        if len(held) > HIGH_WATER:
+            self.tunnel.client.pause_reading()
+
+    def relay(self) -> bytes:
+        """Start relaying (the tunnel must be joined); returns the bytes held so far, to send upstream."""
+        held = bytes(self._held or b"")
+        self._held = None
+        client = self.tunnel.client
+        if len(held) > HIGH_WATER and not client.is_closing():
+            client.resume_reading()
+        return held
+
     def data_received(self, data: bytes) -> None:
-        self.tunnel.to_upstream(data)
+        if self._held is None:
+            self.tunnel.to_upstream(data)
+        else:
+            self.hold(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self._on_lost(exc)
+        if self.on_end is not None:
+            self.on_end(exc)
 
 
 class UpstreamSide(_Side):
@@ -165,9 +208,13 @@ class UpstreamSide(_Side):
         self._on_head_data: Callable[[bytes], bool] | None = on_head_data
         self._held: bytearray | None = None
         self.lost: asyncio.Future[None] = tunnel.loop.create_future()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
 
     def _peer(self) -> asyncio.Transport | None:
-        return self.tunnel.client
+        return self.tunnel.client if self.tunnel.joined else None
 
     def relay(self) -> bytes:
         """Start relaying (the tunnel must be joined); returns the bytes held since the head, to send."""
@@ -187,12 +234,16 @@ class UpstreamSide(_Side):
         else:
             self.tunnel.to_client(data)
 
+    # Before the tunnel is joined, the end of this connection is the handshake's business (it may try the
+    # next upstream, or answer the client 502): only ``lost`` tells of it.
+
     def eof_received(self) -> bool:
         if not self.lost.done():
             self.lost.set_result(None)
-        return super().eof_received()
+        return super().eof_received() if self.tunnel.upstream is self.transport else False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
-        super().connection_lost(exc)
+        if self.tunnel.upstream is self.transport:
+            super().connection_lost(exc)

@@ -27,6 +27,7 @@ class GatewayServer:
             ssl_context=self.ssl_context,
             shutdown_timeout=config.limits.shutdown_timeout,
             max_head=config.limits.max_header,
+            upgrades=self.gateway,
         )
         self.admin: Listener | None = None
         if config.admin_listen is not None:

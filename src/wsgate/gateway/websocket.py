@@ -15,12 +15,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
-
 from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import mint_token
 from wsgate.config import SUBJECT_PLACEHOLDER, GatewayLimits, Route
 from wsgate.errors import AuthError, HandshakeError
+from wsgate.front import OnEnd, peer_address, refuse
+from wsgate.gateway.capacity import ConnectionSlots
 from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.relay import ClientSide, Tunnel, UpstreamSide
 from wsgate.gateway.tls import upstream_ssl_context
@@ -30,6 +30,7 @@ from wsgate.gateway.upgrade import (
     ResponseHeadParser,
     UpstreamProtocolError,
     UpstreamTarget,
+    WebSocketOffer,
     build_websocket_request,
     check_switching_protocols,
     client_switching_response,
@@ -40,6 +41,7 @@ from wsgate.gateway.upgrade import (
 )
 from wsgate.gateway.upstreams import UpstreamPool
 from wsgate.handshake import check_upgrade, single_header
+from wsgate.http_head import RequestHead
 
 log = logging.getLogger("wsgate.gateway")
 access_log = logging.getLogger("wsgate.access")
@@ -54,21 +56,6 @@ class UpstreamFailure(Exception):
         self.reason = reason
 
 
-class _TailCollector:
-    """Receives the bytes aiohttp read past the upgrade request (a client may send its first frame before
-    our 101); stands in for aiohttp's WebSocket reader in ``set_parser``."""
-
-    def __init__(self) -> None:
-        self.data = b""
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.data += data
-        return False, b""
-
-    def feed_eof(self) -> None:
-        pass
-
-
 class WebSocketProxy:
     """Proxies WebSocket upgrades on one route to its upstreams."""
 
@@ -80,8 +67,10 @@ class WebSocketProxy:
         limits: GatewayLimits,
         scheme: str,
         metrics: GatewayMetrics | None = None,
+        slots: ConnectionSlots | None = None,
     ) -> None:
         self.route = route
+        self.slots = slots or ConnectionSlots(limits.max_connections)
         self.metrics = metrics or GatewayMetrics()
         self.origins = origins
         self.limits = limits
@@ -91,73 +80,128 @@ class WebSocketProxy:
         self.ssl_context: ssl.SSLContext | None = None
         if any(target.secure for target in self.targets.values()):
             self.ssl_context = upstream_ssl_context(route.tls, route=route.path)
+        # Open tunnels and those whose upstream handshake is under way.
         self.tunnels: set[Tunnel] = set()
 
     # --- the request --------------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def accept(
+        self, head: RequestHead, transport: asyncio.Transport, data: bytes, on_end: OnEnd | None
+    ) -> None:
+        """Check an upgrade request and, if it passes, start the upstream handshake (see the module doc)."""
         started = time.monotonic()
-        raw_headers = request.raw_headers
-        client = ClientRequest(
-            method=request.method,
-            target=request.raw_path,
-            # Header bytes are ISO-8859-1 on the wire (RFC 9110 §5.5); latin-1 maps them one to one.
-            headers=tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers),
-            peer=request.remote or "",
-            scheme=self.scheme,
-            host=request.headers.get("Host"),
-        )
+        peer = peer_address(transport)
+        refusal = self.slots.refusal()
+        if refusal is not None:
+            status, message, headers = refusal
+            return self._refuse(transport, status, message, "capacity", peer, started, on_end, headers)
         try:
-            check_upgrade(request.method, request.headers)
-            self.origins.check(single_header(request.headers, "Origin"))
-        except HandshakeError as exc:
-            return self._refuse(request, exc.status, exc.message, "bad_handshake", started, exc.headers)
-        except AuthError as exc:
-            return self._refuse(request, exc.status, exc.message, exc.reason, started)
-        try:
-            injected = self._injected_headers(request)
+            check_upgrade(head.method, head.headers)
+            self.origins.check(single_header(head.headers, "Origin"))
+            client = ClientRequest(
+                head.method, head.target, head.fields, peer, self.scheme, head.headers.get("Host")
+            )
+            injected = self._injected_headers(head.target)
             requests = {
                 url: build_websocket_request(self.route, target, client, injected=injected)
                 for url, target in self.targets.items()
             }
         except HandshakeError as exc:
-            return self._refuse(request, exc.status, exc.message, "bad_handshake", started, exc.headers)
+            return self._refuse(transport, exc.status, exc.message, "bad_handshake", peer, started, on_end,
+                                exc.headers)  # fmt: skip
+        except AuthError as exc:
+            return self._refuse(transport, exc.status, exc.message, exc.reason, peer, started, on_end)
         except ValueError as exc:  # HeaderInjectionError, or a bad minted subject; messages hold no values
-            return self._refuse(request, 400, str(exc), "bad_request", started)
+            return self._refuse(transport, 400, str(exc), "bad_request", peer, started, on_end)
 
-        tunnel = Tunnel(idle_timeout=self.limits.idle_timeout, max_lifetime=self.limits.max_lifetime)
+        tunnel = Tunnel(
+            transport, idle_timeout=self.limits.idle_timeout, max_lifetime=self.limits.max_lifetime
+        )
+        side = ClientSide(tunnel, on_end)
+        transport.set_protocol(side)
+        if data:
+            side.hold(data)
+        self.slots.acquire()
+        self.tunnels.add(tunnel)
+        tunnel.done.add_done_callback(lambda _: self._ended(tunnel, started))
+        tunnel.opening = asyncio.get_running_loop().create_task(
+            self._open(tunnel, side, requests, websocket_offer(client), peer, started)
+        )
+
+    async def _open(
+        self,
+        tunnel: Tunnel,
+        client_side: ClientSide,
+        requests: Mapping[str, bytes],
+        offer: WebSocketOffer,
+        peer: str,
+        started: float,
+    ) -> None:
+        """The upstream handshake, then the hand-over to the relay or the client's answer."""
+        client = tunnel.client
         try:
             upstream_url, side, upstream_transport, head, leftover = await self._connect(requests, tunnel)
         except UpstreamFailure as exc:
-            return self._refuse(request, exc.status, exc.reason, "upstream", started)
-
+            tunnel.opening = None
+            self._refuse(client, exc.status, exc.reason, "upstream", peer, started, client_side.on_end)
+            tunnel.close("refused")
+            return
+        tunnel.opening = None
         if head.status != 101:
             upstream_transport.close()
             status = upstream_refusal_status(head)
-            return self._refuse(request, status, f"the upstream refused the connection ({head.status})",
-                                "upstream_refused", started)  # fmt: skip
-        offer = websocket_offer(client)
+            message = f"the upstream refused the connection ({head.status})"
+            self._refuse(client, status, message, "upstream_refused", peer, started, client_side.on_end)
+            tunnel.close("refused")
+            return
         try:
             check_switching_protocols(head, offer.key, offer.protocols, offer.extensions)
         except UpstreamProtocolError:
             upstream_transport.close()
             log.warning("route %s: upstream %s answered 101 with an invalid handshake", self.route.path,
                         upstream_url)  # fmt: skip
-            return self._refuse(request, 502, "the upstream's handshake was invalid", "upstream", started)
-
-        client_transport = request.transport
-        if client_transport is None or client_transport.is_closing():  # the client left meanwhile
+            self._refuse(client, 502, "the upstream's handshake was invalid", "upstream", peer, started,
+                         client_side.on_end)  # fmt: skip
+            tunnel.close("refused")
+            return
+        if tunnel.done.done() or client.is_closing():  # the client left meanwhile
             upstream_transport.close()
-            return _TunnelResponse()
-        return await self._relay(request, client_transport, tunnel, side, upstream_transport, head, leftover,
-                                 upstream_url, started)  # fmt: skip
+            tunnel.close("client_closed")
+            return
+        tunnel.upstream_url = upstream_url
+        tunnel.join(upstream_transport)
+        self.metrics.tunnels.inc()
+        client.write(client_switching_response(head))
+        leftover += side.relay()
+        if leftover:
+            tunnel.to_client(leftover)
+        held = client_side.relay()
+        if held:
+            tunnel.to_upstream(held)
+        if side.lost.done():  # the upstream hung up right behind its 101 (and what it sent with it)
+            tunnel.close("upstream_closed")
 
-    def _injected_headers(self, request: web.Request) -> dict[str, str]:
+    def _ended(self, tunnel: Tunnel, started: float) -> None:
+        self.tunnels.discard(tunnel)
+        self.slots.release()
+        if not tunnel.joined:
+            return
+        self.metrics.tunnels.dec()
+        self.metrics.tunnel_bytes.labels("up").inc(tunnel.bytes_up)
+        self.metrics.tunnel_bytes.labels("down").inc(tunnel.bytes_down)
+        self.metrics.requests.labels(self.route.path, "101").inc()
+        access_log.info(
+            "ws tunnel route=%s upstream=%s status=101 up=%d down=%d duration=%.1fs end=%s",
+            self.route.path, tunnel.upstream_url, tunnel.bytes_up, tunnel.bytes_down,
+            time.monotonic() - started, tunnel.done.result(),
+        )  # fmt: skip
+
+    def _injected_headers(self, target: str) -> dict[str, str]:
         route = self.route
         headers = {name: value.reveal() for name, value in route.headers.items()}
         mint = route.mint
         if mint is not None:
-            subject = mint_subject(mint.subject, request.raw_path)
+            subject = mint_subject(mint.subject, target)
 
             def own(patterns: tuple[str, ...]) -> list[str]:
                 return [pattern.replace(SUBJECT_PLACEHOLDER, subject) for pattern in patterns]
@@ -248,72 +292,21 @@ class WebSocketProxy:
             raise
         return side, transport, head, parser.leftover
 
-    # --- after the 101 ------------------------------------------------------------------------------
-
-    async def _relay(
-        self,
-        request: web.Request,
-        client_transport: asyncio.Transport,
-        tunnel: Tunnel,
-        side: UpstreamSide,
-        upstream_transport: asyncio.Transport,
-        head: ResponseHead,
-        leftover: bytes,
-        upstream_url: str,
-        started: float,
-    ) -> web.StreamResponse:
-        protocol = request.protocol
-        tail = _TailCollector()
-        protocol.set_parser(tail)  # type: ignore[arg-type]  # duck-typed like aiohttp's WebSocketReader
-        client_transport.set_protocol(ClientSide(tunnel, protocol.connection_lost))
-        tunnel.join(client_transport, upstream_transport)
-        client_transport.write(client_switching_response(head))
-        leftover += side.relay()
-        if leftover:
-            tunnel.to_client(leftover)
-        if tail.data:
-            tunnel.to_upstream(tail.data)
-        self.tunnels.add(tunnel)
-        self.metrics.tunnels.inc()
-        try:
-            reason = await tunnel.done
-        finally:
-            self.tunnels.discard(tunnel)
-            self.metrics.tunnels.dec()
-            self.metrics.tunnel_bytes.labels("up").inc(tunnel.bytes_up)
-            self.metrics.tunnel_bytes.labels("down").inc(tunnel.bytes_down)
-        access_log.info(
-            "ws tunnel route=%s upstream=%s status=101 up=%d down=%d duration=%.1fs end=%s",
-            self.route.path, upstream_url, tunnel.bytes_up, tunnel.bytes_down,
-            time.monotonic() - started, reason,
-        )  # fmt: skip
-        return _TunnelResponse()
-
     def _refuse(
         self,
-        request: web.Request,
+        transport: asyncio.Transport,
         status: int,
         message: str,
         reason: str,
+        peer: str,
         started: float,
+        on_end: OnEnd | None,
         headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
+    ) -> None:
         self.metrics.refusals.labels(reason).inc()
+        self.metrics.requests.labels(self.route.path, str(status)).inc()
         access_log.info(
             "ws refuse route=%s status=%d reason=%s peer=%s duration=%.3fs",
-            self.route.path, status, reason, request.remote or "-", time.monotonic() - started,
+            self.route.path, status, reason, peer or "-", time.monotonic() - started,
         )  # fmt: skip
-        return web.Response(status=status, text=message + "\n", headers=dict(headers or {}))
-
-
-class _TunnelResponse(web.StreamResponse):
-    """What the handler returns once a tunnel has ended: the connection was handed over, nothing to send."""
-
-    def __init__(self) -> None:
-        super().__init__(status=101)
-
-    async def prepare(self, request: web.BaseRequest) -> None:
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
+        refuse(transport, status, message, headers, on_end)

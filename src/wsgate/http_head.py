@@ -1,0 +1,119 @@
+"""HTTP/1.1 request heads (RFC 9112 §2-5), pure: found in a byte stream, parsed strictly, nothing guessed.
+
+Used where wsgate reads a head itself instead of through aiohttp: the first request of each connection, to
+send WebSocket upgrades on claimed paths straight to a protocol-level handler (:mod:`wsgate.front`). A head
+this module cannot parse without guessing is refused with 400, never repaired, so no hop behind us can read
+it differently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from wsgate.errors import HandshakeError
+
+# RFC 9110 §5.6.2 token characters, and a field value's: visible ASCII, obs-text, space and tab (§5.5). CR,
+# LF and NUL are in neither, so a bare CR or LF inside a line fails these patterns.
+TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+FIELD_VALUE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# origin-form or absolute-form targets are visible ASCII without spaces (§3.2); the version is 1.0 or 1.1.
+_REQUEST_LINE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.([01])")
+
+HEAD_END: Final = b"\r\n\r\n"
+# As aiohttp (wsgate.http_server.MAX_HEADERS, MAX_FIELD_SIZE): a head outside them is answered 431.
+MAX_FIELDS: Final = 128
+MAX_LINE: Final = 8190
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A parsed request head. ``target`` is the request-target as sent; ``path`` is it without the query;
+    ``fields`` are the header lines in order and original case (latin-1 decoded, one byte one character);
+    ``headers`` looks them up case-insensitively; ``size`` is the head's length on the wire."""
+
+    method: str
+    target: str
+    version: str
+    fields: tuple[tuple[str, str], ...]
+    headers: CIMultiDictProxy[str]
+    size: int
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+
+def request_path(line: bytes) -> str | None:
+    """The path of a request line (without CRLF), for routing before the rest of the head has arrived;
+    ``None`` when the line is not a request line (the full parser reports why)."""
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        return None
+    return match[2].partition(b"?")[0].decode("ascii")
+
+
+class FieldLimitError(ValueError):
+    """The fields are well-formed but more or longer than we accept (431, not 400)."""
+
+
+def parse_field_lines(lines: list[bytes]) -> list[tuple[str, str]]:
+    """Header field lines (without CRLF) as ``(name, value)``; raises :class:`ValueError` naming the fault
+    (:class:`FieldLimitError` for too many or too long lines).
+
+    No obs-fold (§5.2), no whitespace before the colon (§5.1), values without surrounding whitespace and
+    without control characters.
+    """
+    if len(lines) > MAX_FIELDS:
+        raise FieldLimitError(f"more than {MAX_FIELDS} header lines")
+    fields: list[tuple[str, str]] = []
+    for line in lines:
+        if len(line) > MAX_LINE:
+            raise FieldLimitError(f"a header line over {MAX_LINE} bytes")
+        if line[:1] in (b" ", b"\t"):
+            raise ValueError("obsolete line folding")
+        name, colon, value = line.partition(b":")
+        if not colon or not TOKEN.fullmatch(name):
+            raise ValueError("a malformed header line")
+        value = value.strip(b" \t")
+        if not FIELD_VALUE.fullmatch(value):
+            raise ValueError("a control character in a header value")
+        fields.append((name.decode("ascii"), value.decode("latin-1")))
+    return fields
+
+
+def parse_request_head(raw: bytes) -> RequestHead:
+    """Parse a request head, ``raw`` being everything up to and including its blank line.
+
+    Empty lines before the request line are skipped (§2.2). Raises :class:`~wsgate.errors.HandshakeError`
+    with status 400 (a line that is not HTTP/1.x, a malformed field, a bare CR or LF) or 431 (too many
+    fields, a line over MAX_LINE bytes). The message names the fault, never a byte of the request.
+    """
+    if not raw.endswith(HEAD_END):
+        raise HandshakeError(400, "the request head is incomplete")
+    size = len(raw)
+    start = 0
+    while raw.startswith(b"\r\n", start):
+        start += 2
+    request_line, *lines = raw[start : -len(HEAD_END)].split(b"\r\n")
+    if len(request_line) > MAX_LINE:
+        raise HandshakeError(431, f"the request line is over {MAX_LINE} bytes")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        raise HandshakeError(400, "the request line is not 'METHOD target HTTP/1.1'")
+    try:
+        fields = parse_field_lines(lines)
+    except ValueError as exc:
+        status = 431 if isinstance(exc, FieldLimitError) else 400
+        raise HandshakeError(status, f"the request head has {exc}") from None
+    return RequestHead(
+        method=match[1].decode("ascii"),
+        target=match[2].decode("ascii"),
+        version=f"1.{match[3].decode()}",
+        fields=tuple(fields),
+        headers=CIMultiDictProxy(CIMultiDict(fields)),
+        size=size - start,
+    )
