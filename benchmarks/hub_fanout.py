@@ -1,28 +1,37 @@
-"""Hub fan-out benchmark: how fast one publish reaches N WebSocket subscribers, and at what CPU cost.
+"""Hub fan-out benchmark: the wsgate hub against a Node ``ws`` broadcast server and a python-websockets
+``broadcast()`` server, in alternation, over loopback.
 
-Everything runs on loopback, in separate processes so that each is charged for its own CPU:
+Targets (``--targets``; each started afresh for its turn, pinned to the first CPU, stopped after it):
 
-* the hub: ``wsgate hub --config <tmp toml>`` (the real CLI, so uvloop when installed), secrets in env vars;
-* ``--generators`` subscriber processes, each holding its share of the N WebSocket connections over raw
-  asyncio sockets with a minimal client (no aiohttp on the receiving side: it would cost more than the hub);
-* this process: it starts the others, publishes with ``POST /api/publish`` and collects the results.
+* ``wsgate``: the real CLI, ``wsgate hub --config <tmp toml>`` (uvloop), memory broker, two static tokens;
+* ``node-ws``: ``benchmarks/peers/ws_broadcast.js`` on the pinned ``ws``, ``client.send()`` in a loop;
+* ``node-ws-preframed``: the same server writing one pre-built frame to every socket (not run by default);
+* ``py-websockets``: ``benchmarks/peers/py_broadcast.py``, ``websockets``' own ``broadcast()``, on uvloop.
 
-With two or more CPUs the hub gets the first CPU to itself and the load runs on the others (``--no-pin`` to
-turn it off), so the load cannot take the hub's CPU time. The last line of the output says whether the burst
-was hub-bound (the hub busy nearly all the time, hardly ever waiting for a CPU) or limited by the load.
+Every target accepts the same handshake (``Authorization: Bearer <token>``, 401 otherwise) and the same two
+commands (``subscribe``, answered with the channel's offset; ``publish``, fanned out as a ``message`` with the
+next offset), so the clients are the same for all. The load runs on the other CPUs:
 
-Measured:
+* ``--generators`` subscriber processes hold the N connections: raw asyncio protocols on uvloop that count
+  frames by their 2-byte headers (one per process checks every message and its offset);
+* this process publishes over one more WebSocket, the *control connection*, which subscribes after all N
+  subscribers. Every target writes a message to its subscribers in subscription order, so the control
+  connection reads it when the target has written it to everybody.
 
-1. fan-out latency: one publish, then the time until the LAST of the N subscribers has read the message;
-   sequential publishes, each waits for all N; p50/p99/max.
-2. delivery throughput: a burst of publishes (several in flight) → deliveries/s (N × publishes / elapsed) and
-   the hub's own CPU time per delivery (utime+stime from /proc/<hub pid>/stat over the burst window).
+Scenarios, per N in ``--subscribers`` (1,000 and 10,000), target after target, for ``--rounds`` rounds:
 
-A subscriber process stamps ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process on the machine)
-when the last of its subscribers has read message n and reports it through a pipe; the latency is the latest
-such stamp minus the moment the publish was sent.
+1. fan-out latency: sequential publishes (20 to warm up, then ``--latency-publishes``), each until the LAST
+   subscriber has read it → p50/p99/max, from the moment the publish was sent (CLOCK_MONOTONIC, one clock
+   for every process);
+2. a burst of publishes, 8 in flight (``--burst-deliveries`` deliveries in all) → deliveries/s and the
+   target's CPU time per delivery (utime + stime from ``/proc/<pid>/stat`` over the burst);
+3. idle memory (``--idle-connections``): the target's RSS before and after that many subscribed connections.
 
-Usage: ``.venv/bin/python benchmarks/hub_fanout.py [--subscribers 5000] [--publishes 200] [--json PATH]``
+Every window records what the target, the load and the rest of the machine did with their CPUs, and says
+whether the target was the limit (``verdict``). Results go to ``benchmarks/results/hub_fanout-<time>.json``;
+``benchmarks/report.py`` turns them into the tables and plots of ``docs/performance.md``.
+
+Usage: ``benchmarks/setup-peers && .venv/bin/python benchmarks/hub_fanout.py [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import resource
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,14 +60,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
-
 try:
     from benchmarks.procstat import (
         cpu_seconds,
         cpu_times,
+        fd_count,
+        machine_busy,
         machine_description,
         maps_library,
+        meminfo_bytes,
         rss_bytes,
         run_delay,
     )
@@ -65,26 +76,37 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
     from procstat import (  # type: ignore[no-redef,import-not-found]
         cpu_seconds,
         cpu_times,
+        fd_count,
+        machine_busy,
         machine_description,
         maps_library,
+        meminfo_bytes,
         rss_bytes,
         run_delay,
     )
 
 HOST = "127.0.0.1"
 CHANNEL = "bench"
-EMPTY_CHANNEL = "bench-empty"  # nobody subscribes: the hub's cost of a publish without any fan-out
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+EMPTY_CHANNEL = "bench-empty"  # only the control connection listens: a publish's cost without fan-out
+BENCH_DIR = Path(__file__).resolve().parent
+PEERS = BENCH_DIR / "peers"
+RESULTS_DIR = BENCH_DIR / "results"
 
 # The first ~15 messages on a fresh connection cost the kernel about twice as much (docs/performance.md).
 WARMUP_PUBLISHES = 20
 LATENCY_PUBLISHES = 50
-EMPTY_PUBLISHES = 1000  # ~0.1 s of hub CPU: ten clock ticks, enough for a rough per-publish figure
-BURST_CONCURRENCY = 8  # POSTs in flight during the burst, so the hub never waits for the publisher
-CONNECT_CONCURRENCY = 50  # handshakes in flight per generator; far below the hub's listen backlog (1024)
-STEP_TIMEOUT = 15.0  # any one awaited step (a publish reaching everybody, a handshake, /healthz)
-RUN_TIMEOUT = 110.0  # the whole measurement: `make bench` stays under two minutes
+EMPTY_PUBLISHES = 1000  # ~0.05-0.1 s of target CPU: enough ticks for a rough per-publish figure
+BURST_IN_FLIGHT = 8  # publishes sent and not yet read back, so the target never waits for the publisher
+BURST_DELIVERIES = 300_000  # per burst: 300 publishes to 1,000 subscribers, 30 to 10,000
+CONNECT_CONCURRENCY = 50  # handshakes in flight per generator; far below every target's listen backlog
+IDLE_SETTLE = 1.0  # seconds between the last subscription and the idle memory reading
+STEP_TIMEOUT = 15.0  # any one awaited step (a publish reaching everybody, a handshake, the target starting)
+TIME_LIMIT = 300.0  # the whole run: `make bench` stays under 15 minutes with the gateway's 570 s cap
 FD_MARGIN = 256  # descriptors beyond one per connection: listeners, pipes, logs, the interpreter's own
+
+# A window where the rest of the machine (processes this run did not start) used this many CPUs or more is
+# "disturbed": another program competed. An idle machine stays within about ±0.1.
+DISTURBED_CPUS = 0.2
 
 
 class BenchError(Exception):
@@ -100,11 +122,15 @@ def payload(seq: int) -> dict[str, Any]:
 
 
 def client_frame(opcode: int, body: bytes) -> bytes:
-    """A masked client frame (RFC 6455 §5.3) with a short body (≤ 125 bytes: our commands and pongs)."""
-    assert len(body) < 126
+    """A masked client frame (RFC 6455 §5.3) with a body under 64 KiB (our commands, pongs, publishes)."""
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i & 3] for i, b in enumerate(body))
-    return bytes((0x80 | opcode, 0x80 | len(body))) + mask + masked
+    if len(body) < 126:
+        header = bytes((0x80 | opcode, 0x80 | len(body)))
+    else:
+        assert len(body) < 1 << 16
+        header = bytes((0x80 | opcode, 0x80 | 126)) + len(body).to_bytes(2, "big")
+    return header + mask + masked
 
 
 MESSAGE_PREFIX = b'{"type":"message"'
@@ -141,7 +167,7 @@ class Swarm:
 class Subscriber(asyncio.Protocol):
     """One WebSocket client: upgrade, subscribe, then count message frames as cheaply as possible.
 
-    Frames from the server are unmasked and, for this hub, never fragmented. One subscriber per process
+    Frames from the server are unmasked and, for these servers, never fragmented. One subscriber per process
     (``validate``) also decodes every message and checks its offset, so a wrong or missing message is noticed
     without making every subscriber pay for JSON decoding.
     """
@@ -170,6 +196,13 @@ class Subscriber(asyncio.Protocol):
         else:
             self.swarm.fail(message)
 
+    def on_upgraded(self) -> None:
+        """The handshake succeeded: subscribe to the benchmark's channel."""
+        assert self.transport is not None
+        self.transport.write(
+            client_frame(OP_TEXT, json.dumps({"type": "subscribe", "channel": CHANNEL}).encode())
+        )
+
     def data_received(self, data: bytes) -> None:
         if self.buffer:
             data = self.buffer + data
@@ -184,10 +217,7 @@ class Subscriber(asyncio.Protocol):
                 self.fail(f"handshake refused: {status}")
                 return
             self.upgraded = True
-            assert self.transport is not None
-            self.transport.write(
-                client_frame(OP_TEXT, json.dumps({"type": "subscribe", "channel": CHANNEL}).encode())
-            )
+            self.on_upgraded()
             data = data[end + 4 :]
         pos, size = 0, len(data)
         while size - pos >= 2:
@@ -219,13 +249,13 @@ class Subscriber(asyncio.Protocol):
             self.buffer = data[pos:]
 
     def ping_received(self, payload: bytes) -> None:
-        """The hub's heartbeat: answer it, or it closes the connection."""
+        """The server's heartbeat: answer it, or it closes the connection."""
         assert self.transport is not None
         self.transport.write(client_frame(OP_PONG, payload))
 
     def close_received(self, code: int) -> None:
-        """The hub's close frame: a failure here (a subclass that closes on purpose overrides this)."""
-        self.fail(f"the hub closed the connection with code {code}")
+        """The server's close frame: a failure here (a subclass that closes on purpose overrides this)."""
+        self.fail(f"the server closed the connection with code {code}")
 
     def text(self, data: bytes, start: int, end: int) -> None:
         if self.base_offset < 0:
@@ -321,7 +351,7 @@ async def generate(spec: GeneratorSpec, conn: Connection) -> None:
 def generator_main(spec: GeneratorSpec, conn: Connection) -> None:
     """Entry point of a generator process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
-    if conn.recv() != "go":  # sent once the hub answers /healthz
+    if conn.recv() != "go":  # sent once the target answers
         return
     run_loop(generate(spec, conn))
 
@@ -334,10 +364,97 @@ def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(main)
 
 
-# --- the hub process ---------------------------------------------------------------------------------
+# --- the control connection (this process) ---------------------------------------------------------------
 
 
-HUB_CONFIG = """\
+class ControlConnection(Subscriber):
+    """The publisher's WebSocket. It publishes, and it subscribes to the benchmark's channel after all the
+    generators' subscribers: every target writes a message to its subscribers in subscription order, so this
+    connection reads it once the target has written it to everybody. That is also how the burst keeps a
+    fixed number of publishes in flight."""
+
+    def __init__(self, request: bytes) -> None:
+        super().__init__(Swarm(1, lambda _: None), request, validate=False)
+        self.answers: dict[str, asyncio.Future[int]] = {}
+        self.read_at: dict[str, dict[int, float]] = {}  # channel → offset → when this process read it
+        self.arrived = asyncio.Event()
+        self.error: str | None = None
+
+    def on_upgraded(self) -> None:
+        self.subscribed.set_result(0)  # here: "the handshake succeeded"; subscriptions come later
+
+    def fail(self, message: str) -> None:
+        super().fail(message)
+        if self.error is None:
+            self.error = f"control connection: {message}"
+        for answer in self.answers.values():
+            if not answer.done():
+                answer.set_exception(BenchError(self.error))
+        self.arrived.set()
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.transport is not None
+        self.transport.write(client_frame(OP_TEXT, json.dumps(command, separators=(",", ":")).encode()))
+
+    async def subscribe(self, channel: str) -> int:
+        """Subscribe to ``channel``; its current offset."""
+        answer = self.answers[channel] = asyncio.get_running_loop().create_future()
+        self.send({"type": "subscribe", "channel": channel})
+        async with asyncio.timeout(STEP_TIMEOUT):
+            return await answer
+
+    def publish(self, channel: str, seq: int) -> None:
+        self.send({"type": "publish", "channel": channel, "data": payload(seq)})
+
+    def text(self, data: bytes, start: int, end: int) -> None:
+        now = time.monotonic()
+        message = json.loads(data[start:end])
+        kind, channel = message.get("type"), message.get("channel")
+        if kind == "message":
+            self.read_at.setdefault(channel, {})[int(message["offset"])] = now
+            self.arrived.set()
+        elif kind == "subscribed" and channel in self.answers:
+            self.answers[channel].set_result(int(message["offset"]))
+        else:
+            self.fail(f"unexpected {data[start:end][:200]!r}")
+
+    async def read(self, channel: str, offset: int, limit: float = STEP_TIMEOUT) -> float:
+        """Wait until this connection has read message ``offset`` of ``channel``; when it did."""
+        seen = self.read_at.setdefault(channel, {})
+        try:
+            async with asyncio.timeout(limit):
+                while offset not in seen:
+                    if self.error is not None:
+                        raise BenchError(self.error)
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            raise BenchError(f"timed out waiting for message {offset} of {channel}") from None
+        return seen[offset]
+
+    async def burst(self, channel: str, base: int, first: int, count: int, limit: float) -> float:
+        """Publish ``first … first+count-1`` with BURST_IN_FLIGHT not yet read back; when the last was."""
+        for seq in range(first, first + count):
+            if seq - BURST_IN_FLIGHT >= first:
+                await self.read(channel, base + seq - BURST_IN_FLIGHT, limit)
+            self.publish(channel, seq)
+        return await self.read(channel, base + first + count - 1, limit)
+
+
+async def open_control(port: int, token: str) -> ControlConnection:
+    loop = asyncio.get_running_loop()
+    _, control = await loop.create_connection(
+        lambda: ControlConnection(upgrade_request(port, token)), HOST, port
+    )
+    async with asyncio.timeout(STEP_TIMEOUT):
+        await control.subscribed
+    return control
+
+
+# --- the targets -----------------------------------------------------------------------------------------
+
+
+WSGATE_CONFIG = """\
 [hub]
 listen = "{host}:{port}"
 allowed_origins = []
@@ -347,20 +464,17 @@ history = {{ size = 100, ttl = "10m" }}
 limits = {{ max_connections = {max_connections} }}
 
 [[hub.tokens]]
-name = "bench"
+name = "subscriber"
 token = "${{WSGATE_BENCH_TOKEN}}"
 subscribe = ["{channel}"]
 publish = []
 
-[hub.publish_api]
-tokens = ["${{WSGATE_BENCH_PUBLISH_TOKEN}}"]
+[[hub.tokens]]
+name = "publisher"
+token = "${{WSGATE_BENCH_PUBLISH_TOKEN}}"
+subscribe = ["{channel}", "{empty}"]
+publish = ["{channel}", "{empty}"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def wsgate_command() -> list[str]:
@@ -368,17 +482,59 @@ def wsgate_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "wsgate"]
 
 
-class HubProcess:
-    def __init__(self, workdir: Path, port: int, max_connections: int) -> None:
-        self.port = port
-        self.url = f"http://{HOST}:{port}"
+@dataclass(frozen=True)
+class Launch:
+    """How to start a target: its command line and its secrets (in the environment, never in argv)."""
+
+    command: list[str]
+    env: dict[str, str]
+
+
+def launch_wsgate(workdir: Path, port: int, sub: str, pub: str, max_connections: int) -> Launch:
+    config = workdir / "hub.toml"
+    config.write_text(
+        WSGATE_CONFIG.format(
+            host=HOST, port=port, max_connections=max_connections, channel=CHANNEL, empty=EMPTY_CHANNEL
+        )
+    )
+    env = {"WSGATE_BENCH_TOKEN": sub, "WSGATE_BENCH_PUBLISH_TOKEN": pub}
+    return Launch([*wsgate_command(), "hub", "--config", str(config)], env)
+
+
+def launch_node(mode: str) -> Callable[[Path, int, str, str, int], Launch]:
+    def launch(workdir: Path, port: int, sub: str, pub: str, max_connections: int) -> Launch:
+        command = ["node", str(PEERS / "ws_broadcast.js"), str(port), mode]
+        return Launch(command, {"SUB_TOKEN": sub, "PUB_TOKEN": pub})
+
+    return launch
+
+
+def launch_python(workdir: Path, port: int, sub: str, pub: str, max_connections: int) -> Launch:
+    command = [sys.executable, str(PEERS / "py_broadcast.py"), str(port)]
+    return Launch(command, {"SUB_TOKEN": sub, "PUB_TOKEN": pub})
+
+
+TARGETS: dict[str, Callable[[Path, int, str, str, int], Launch]] = {
+    "wsgate": launch_wsgate,
+    "node-ws": launch_node("send"),
+    "node-ws-preframed": launch_node("preframed"),
+    "py-websockets": launch_python,
+}
+DEFAULT_TARGETS = ["wsgate", "node-ws", "py-websockets"]
+
+
+class TargetProcess:
+    """One target server for one turn: started pinned, checked, measured through /proc, stopped.
+
+    Only this process is ever signalled, and only through its own Popen handle."""
+
+    def __init__(self, name: str, workdir: Path, max_connections: int) -> None:
+        self.name = name
+        self.port = free_port()
         self.token = secrets.token_urlsafe(24)
         self.publish_token = secrets.token_urlsafe(24)
-        self.config_path = workdir / "hub.toml"
-        self.config_path.write_text(
-            HUB_CONFIG.format(host=HOST, port=port, max_connections=max_connections, channel=CHANNEL)
-        )
-        self.log_path = workdir / "hub.log"
+        self.launch = TARGETS[name](workdir, self.port, self.token, self.publish_token, max_connections)
+        self.log_path = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -386,53 +542,73 @@ class HubProcess:
         assert self.process is not None
         return self.process.pid
 
-    def start(self) -> None:
-        env = dict(os.environ, WSGATE_BENCH_TOKEN=self.token, WSGATE_BENCH_PUBLISH_TOKEN=self.publish_token)
+    def start(self, cpus: list[int] | None) -> None:
+        """Start it pinned to ``cpus`` from its first instruction (node's helper threads inherit it)."""
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [*wsgate_command(), "hub", "--config", str(self.config_path)],
-                env=env,
+                self.launch.command,
+                env=dict(os.environ, **self.launch.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=pin,  # safe: this process starts no threads
             )
 
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
-            return "(no hub log)"
+            return "(no log)"
 
     def check_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise BenchError(f"the hub exited with status {self.process.returncode}:\n{self.log_tail()}")
+            raise BenchError(f"{self.name} exited with status {self.process.returncode}:\n{self.log_tail()}")
 
-    async def wait_healthy(self, http: aiohttp.ClientSession) -> None:
-        """Poll /healthz until it answers 200 (no fixed sleep: the hub says when it is serving)."""
+    async def wait_ready(self) -> None:
+        """Wait until it refuses a handshake with a wrong token (401): it is serving, and it checks tokens."""
         deadline = time.monotonic() + STEP_TIMEOUT
-        status: object = "no answer"
+        status = "no answer"
         while time.monotonic() < deadline:
             self.check_alive()
             try:
-                async with http.get(self.url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-                    status = response.status
-            except aiohttp.ClientError as exc:
+                status = await handshake_status(self.port, "wrong-" + self.token)
+            except OSError as exc:
                 status = exc.__class__.__name__
-            await asyncio.sleep(0.02)
-        raise BenchError(f"the hub did not answer /healthz within {STEP_TIMEOUT:.0f}s ({status})")
+            else:
+                if status.startswith("HTTP/1.1 401"):
+                    return
+                raise BenchError(f"{self.name} answered a wrong token with {status!r}, not 401")
+            await asyncio.sleep(0.05)
+        raise BenchError(f"{self.name} did not answer within {STEP_TIMEOUT:.0f}s ({status})")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)  # graceful: drain, as an operator would stop it
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=STEP_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+async def handshake_status(port: int, token: str) -> str:
+    """The status line a target answers a WebSocket handshake with."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(upgrade_request(port, token))
+        async with asyncio.timeout(STEP_TIMEOUT):
+            return (await reader.readline()).decode("latin-1").strip()
+    finally:
+        writer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 # --- the generators, seen from here ------------------------------------------------------------------
@@ -547,311 +723,526 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
 
 
-class Publisher:
-    def __init__(self, http: aiohttp.ClientSession, hub: HubProcess) -> None:
-        self.http = http
-        self.url = hub.url + "/api/publish"
-        self.headers = {"Authorization": f"Bearer {hub.publish_token}", "Content-Type": "application/json"}
+class Meter:
+    """Who used which CPU over one measurement window: the target (user, system, time spent waiting for a
+    CPU), the load (the generators and this process) and the rest of the machine."""
 
-    async def publish(self, channel: str, seq: int) -> int:
-        body = json.dumps({"channel": channel, "data": payload(seq)}).encode()
-        async with self.http.post(self.url, data=body, headers=self.headers) as response:
-            if response.status != 200:
-                raise BenchError(f"publish answered {response.status}: {(await response.text())[:200]}")
-            answer = await response.json()
-            return int(answer["offset"])
+    def __init__(self, target_pid: int, load_pids: list[int]) -> None:
+        self.target_pid = target_pid
+        self.load_pids = [*load_pids, os.getpid()]
+        self.started = time.monotonic()
+        self.target = cpu_times(target_pid)
+        self.target_wait = run_delay(target_pid)
+        self.load = [cpu_seconds(pid) for pid in self.load_pids]
+        self.machine = machine_busy()
 
-    async def burst(self, channel: str, first_seq: int, count: int) -> None:
-        """``count`` publishes with BURST_CONCURRENCY in flight, in order of sequence number."""
-        sequence = iter(range(first_seq, first_seq + count))
-
-        async def worker() -> None:
-            for seq in sequence:
-                await self.publish(channel, seq)
-
-        async with asyncio.TaskGroup() as group:
-            for _ in range(BURST_CONCURRENCY):
-                group.create_task(worker())
-
-
-def cpu_of(pids: list[int]) -> list[float]:
-    return [cpu_seconds(pid) for pid in pids]
-
-
-async def measure(args: argparse.Namespace, hub: HubProcess, generators: Generators) -> dict[str, Any]:
-    n = args.subscribers
-    timeout = aiohttp.ClientTimeout(total=STEP_TIMEOUT)
-    connector = aiohttp.TCPConnector(limit=BURST_CONCURRENCY)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-        await hub.wait_healthy(http)
-        uvloop_in_hub = maps_library(hub.pid, "uvloop/loop")
-        rss_idle = rss_bytes(hub.pid)
-        generators.attach()
-        generators.go()
-
-        # Connect every subscriber.
-        started = time.monotonic()
-        await generators.wait(
-            lambda: all(r is not None for r in generators.ready),
-            f"{n} subscribers to connect and subscribe",
-            limit=STEP_TIMEOUT + n / 100,
-        )
-        connect_seconds = time.monotonic() - started
-        rss_connected = rss_bytes(hub.pid)
-        publisher = Publisher(http, hub)
-        seq = 0
-
-        # 1. Latency: sequential publishes, each waits for all N subscribers.
-        latencies: list[float] = []
-        answered: list[float] = []
-        latency_cpu = latency_wait = 0.0
-        for i in range(WARMUP_PUBLISHES + args.latency_publishes):
-            seq += 1
-            if i == WARMUP_PUBLISHES:
-                latency_cpu, latency_wait = cpu_seconds(hub.pid), run_delay(hub.pid)
-            sent = time.monotonic()
-            offset = await publisher.publish(CHANNEL, seq)
-            answer = time.monotonic()
-            last = await generators.delivered(seq)
-            if offset != seq:
-                raise BenchError(f"publish {seq} got offset {offset}: something else publishes on {CHANNEL}")
-            if i >= WARMUP_PUBLISHES:
-                latencies.append(last - sent)
-                answered.append(answer - sent)
-        latency_cpu = cpu_seconds(hub.pid) - latency_cpu
-        latency_wait = run_delay(hub.pid) - latency_wait
-
-        # 2a. The hub's cost of a publish that reaches nobody (HTTP request + history), for comparison.
-        empty_cpu = cpu_seconds(hub.pid)
-        empty_started = time.monotonic()
-        await publisher.burst(EMPTY_CHANNEL, 1, EMPTY_PUBLISHES)
-        empty_elapsed = time.monotonic() - empty_started
-        empty_cpu = cpu_seconds(hub.pid) - empty_cpu
-
-        # 2b. Throughput: a burst to all N subscribers.
-        gen_pids = generators.pids
-        hub_before, gen_cpu, own_cpu = cpu_times(hub.pid), cpu_of(gen_pids), cpu_seconds(os.getpid())
-        hub_wait, gen_wait = run_delay(hub.pid), [run_delay(pid) for pid in gen_pids]
-        burst_started = time.monotonic()
-        await publisher.burst(CHANNEL, seq + 1, args.publishes)
-        burst_answered = time.monotonic()
-        seq += args.publishes
-        burst_done = await generators.delivered(seq, limit=STEP_TIMEOUT + n * args.publishes / 20_000)
-        hub_user, hub_sys = (
-            after - before for after, before in zip(cpu_times(hub.pid), hub_before, strict=True)
-        )
-        hub_cpu = hub_user + hub_sys
-        hub_wait = run_delay(hub.pid) - hub_wait
-        gen_wait = [run_delay(pid) - before for pid, before in zip(gen_pids, gen_wait, strict=True)]
-        gen_cpu = [after - before for after, before in zip(cpu_of(gen_pids), gen_cpu, strict=True)]
-        own_cpu = cpu_seconds(os.getpid()) - own_cpu
-        elapsed = burst_done - burst_started
-
-        # Every subscriber read exactly every message.
-        generators.stop()
-        await generators.wait(lambda: all(s is not None for s in generators.summaries), "generator summaries")
-        generators.detach()
-        for index, summary in enumerate(generators.summaries):
-            assert summary is not None
-            if summary["min"] != seq or summary["max"] != seq or summary["errors"]:
-                raise BenchError(f"generator {index}: expected {seq} messages per subscriber, got {summary}")
-
-    deliveries = n * args.publishes
-    lags = [last - answer for last, answer in zip(latencies, answered, strict=True)]
-    ms = 1000.0
-    return {
-        "connect": {
-            "seconds": connect_seconds,
-            "hub_rss_idle_bytes": rss_idle,
-            "hub_rss_connected_bytes": rss_connected,
-            "hub_rss_per_connection_bytes": (rss_connected - rss_idle) / n,
-        },
-        "latency": {
-            "publishes": len(latencies),
-            "warmup_publishes": WARMUP_PUBLISHES,
-            "last_received_ms": {
-                "p50": percentile(latencies, 50) * ms,
-                "p99": percentile(latencies, 99) * ms,
-                "max": max(latencies) * ms,
-                "min": min(latencies) * ms,
-            },
-            "publish_answered_ms": {
-                "p50": percentile(answered, 50) * ms,
-                "p99": percentile(answered, 99) * ms,
-            },
-            "last_read_after_answer_ms": {
-                "p50": percentile(lags, 50) * ms,
-                "max": max(lags) * ms,
-            },
-            "hub_cpu_ms_per_publish": latency_cpu / len(latencies) * ms,
-            "hub_run_delay_ms_per_publish": latency_wait / len(latencies) * ms,
-            "samples_ms": [round(x * ms, 3) for x in latencies],
-        },
-        "throughput": {
-            "publishes": args.publishes,
-            "in_flight": BURST_CONCURRENCY,
-            "deliveries": deliveries,
+    def stop(self, ended: float | None = None) -> dict[str, Any]:
+        """The window's figures; ``ended``: when the window's work ended (monotonic), if not now."""
+        elapsed = (ended or time.monotonic()) - self.started
+        user, system = (a - b for a, b in zip(cpu_times(self.target_pid), self.target, strict=True))
+        load = [cpu_seconds(pid) - before for pid, before in zip(self.load_pids, self.load, strict=True)]
+        known = user + system + sum(load)
+        return {
             "elapsed_s": elapsed,
-            "publishes_answered_s": burst_answered - burst_started,
-            "deliveries_per_s": deliveries / elapsed,
-            "hub_cpu_s": hub_cpu,
-            "hub_cpu_us_per_delivery": hub_cpu / deliveries * 1e6,
-            "hub_cpu_share": hub_cpu / elapsed,
-            "hub_user_s": hub_user,
-            "hub_system_s": hub_sys,
-            "hub_run_delay_s": hub_wait,
-            "generator_run_delay_s": gen_wait,
-            "generator_cpu_s": gen_cpu,
-            "generator_cpu_share": [c / elapsed for c in gen_cpu],
-            "publisher_cpu_s": own_cpu,
-            "publisher_cpu_share": own_cpu / elapsed,
-        },
-        "publish_without_subscribers": {
-            "publishes": EMPTY_PUBLISHES,
-            "elapsed_s": empty_elapsed,
-            "hub_cpu_s": empty_cpu,
-            "hub_cpu_us_per_publish": empty_cpu / EMPTY_PUBLISHES * 1e6,
-        },
-        "hub_uvloop": uvloop_in_hub,
+            "target_user_s": user,
+            "target_system_s": system,
+            "target_cpu_s": user + system,
+            "target_busy": (user + system) / elapsed,
+            "target_waiting": (run_delay(self.target_pid) - self.target_wait) / elapsed,
+            "load_cpu_s": load,  # each generator, then this process
+            "load_cores": sum(load) / elapsed,
+            "rest_of_machine_cpus": (machine_busy() - self.machine - known) / elapsed,
+        }
+
+
+def verdict(window: dict[str, Any], load_cpus: int) -> str:
+    """Who limited a window where the target was asked for all it could do (a burst).
+
+    ``disturbed``: the rest of the machine used ≥ 0.2 CPUs (another program competed; the rates are
+    suspect); ``target-bound``: the target kept its CPU ≥ 90 % busy, so a faster load could not have made it
+    go faster; ``starved``: it was runnable but had no CPU for the rest; ``load-bound``: it idled while the
+    load kept its CPUs ≥ 90 % busy; ``not saturated`` otherwise. Time spent waiting for a CPU is not held
+    against ``target-bound``: node's helper threads share its pinned CPU and wait for each other."""
+    if window["rest_of_machine_cpus"] >= DISTURBED_CPUS:
+        return "disturbed"
+    if window["target_busy"] >= 0.9:
+        return "target-bound"
+    if window["target_busy"] + window["target_waiting"] >= 0.9:
+        return "starved"
+    if window["load_cores"] >= 0.9 * load_cpus:
+        return "load-bound"
+    return "not saturated"
+
+
+@dataclass
+class Turn:
+    """One target, one N, one round."""
+
+    target: str
+    subscribers: int
+    round: int
+    generators: int
+    scenario: str  # "fanout" or "idle"
+
+
+async def connect_everybody(turn: Turn, server: TargetProcess, generators: Generators) -> dict[str, Any]:
+    """Start the generators and wait until all N subscribers are subscribed; the memory they cost."""
+    await server.wait_ready()
+    rss_idle, fds_idle, slab_idle = rss_bytes(server.pid), fd_count(server.pid), meminfo_bytes("Slab")
+    generators.attach()
+    generators.go()
+    started = time.monotonic()
+    await generators.wait(
+        lambda: all(r is not None for r in generators.ready),
+        f"{turn.subscribers} subscribers to connect and subscribe",
+        limit=STEP_TIMEOUT + turn.subscribers / 250,
+    )
+    connect_s = time.monotonic() - started
+    if turn.scenario == "idle":
+        await asyncio.sleep(IDLE_SETTLE)
+    rss, fds, slab = rss_bytes(server.pid), fd_count(server.pid), meminfo_bytes("Slab")
+    n = turn.subscribers
+    return {
+        "seconds": connect_s,
+        "rss_idle_bytes": rss_idle,
+        "rss_connected_bytes": rss,
+        "rss_per_connection_bytes": (rss - rss_idle) / n,
+        "fds_per_connection": (fds - fds_idle) / n,
+        # Machine-wide, both ends of each loopback connection, and anything else that ran meanwhile.
+        "slab_per_connection_bytes": (slab - slab_idle) / n,
+        "uvloop": maps_library(server.pid, "uvloop/loop"),
     }
 
 
-def bottleneck_check(
-    result: dict[str, Any], nproc: int, pinned: dict[str, list[int]] | None
-) -> tuple[bool, str]:
-    """Was the hub the limit of the burst?
+async def measure_latency(
+    n: int, publishes: int, server: TargetProcess, generators: Generators, control: ControlConnection
+) -> dict[str, Any]:
+    """Sequential publishes, each until the last of the ``n`` subscribers read it."""
+    base = await control.subscribe(CHANNEL)
+    latencies, written, lags = [], [], []
+    meter: Meter | None = None
+    for seq in range(1, WARMUP_PUBLISHES + publishes + 1):
+        if seq == WARMUP_PUBLISHES + 1:
+            meter = Meter(server.pid, generators.pids)
+        sent = time.monotonic()
+        control.publish(CHANNEL, seq)
+        all_written = await control.read(CHANNEL, base + seq)
+        last = await generators.delivered(seq)
+        if seq > WARMUP_PUBLISHES:
+            latencies.append(last - sent)
+            written.append(all_written - sent)
+            lags.append(last - all_written)
+    assert meter is not None
+    window = meter.stop()
+    ms = 1000.0
+    count = len(latencies)
+    return {
+        "base_offset": base,
+        "publishes": count,
+        "warmup_publishes": WARMUP_PUBLISHES,
+        "last_received_ms": {
+            "p50": percentile(latencies, 50) * ms,
+            "p99": percentile(latencies, 99) * ms,
+            "max": max(latencies) * ms,
+            "min": min(latencies) * ms,
+        },
+        # The control connection read it: the target had written it to every subscriber.
+        "all_written_ms": {"p50": percentile(written, 50) * ms, "p99": percentile(written, 99) * ms},
+        # How long the generators trailed the target's last write: their share of the latency.
+        "last_read_after_written_ms": {"p50": percentile(lags, 50) * ms, "max": max(lags) * ms},
+        "target_cpu_ms_per_publish": window["target_cpu_s"] / count * ms,
+        "target_cpu_us_per_delivery": window["target_cpu_s"] / (count * n) * 1e6,
+        "window": window,
+        "samples_ms": [round(x * ms, 3) for x in latencies],
+    }
 
-    It was when it kept its CPU busy and seldom waited for one: a faster load generator could then not have
-    made it deliver more. If it idled, the subscribers (or the publisher) were the limit; if it waited for a
-    CPU, other processes (the load when not pinned, or anything else) competed for its core. Either way
-    the figures would understate the hub.
-    """
-    t = result["throughput"]
-    elapsed = t["elapsed_s"]
-    hub_share = t["hub_cpu_share"]
-    hub_wait = t["hub_run_delay_s"] / elapsed
-    load_cores = (sum(t["generator_cpu_s"]) + t["publisher_cpu_s"]) / elapsed
-    where = f"on CPUs {pinned['load']}, hub on CPU {pinned['hub'][0]}" if pinned else f"sharing {nproc} CPUs"
-    detail = (
-        f"hub busy {hub_share:.0%} of the burst and waiting for a CPU {hub_wait:.0%}; "
-        f"generators + publisher used {load_cores:.2f} cores {where}"
-    )
-    if hub_share >= 0.9 and hub_wait < 0.05:
-        return True, f"hub-bound ({detail})"
-    if hub_share + hub_wait >= 0.9:
-        return (
-            False,
-            f"NOT hub-bound: other processes took CPU from the hub; figures understate it ({detail})",
+
+async def measure_burst(
+    n: int,
+    burst_deliveries: int,
+    server: TargetProcess,
+    generators: Generators,
+    control: ControlConnection,
+    base: int,
+    first: int,
+    load_cpus: int,
+) -> dict[str, Any]:
+    """A burst of publishes to all N, BURST_IN_FLIGHT at a time: deliveries/s and CPU per delivery."""
+    publishes = burst_publishes(n, burst_deliveries)
+    limit = STEP_TIMEOUT + n * publishes / 50_000  # generous: 50,000 deliveries/s is far below any target
+    meter = Meter(server.pid, generators.pids)
+    await control.burst(CHANNEL, base, first, publishes, limit)
+    last = await generators.delivered(first + publishes - 1, limit)
+    window = meter.stop(ended=last)
+    deliveries = n * publishes
+    return {
+        "publishes": publishes,
+        "in_flight": BURST_IN_FLIGHT,
+        "deliveries": deliveries,
+        "deliveries_per_s": deliveries / window["elapsed_s"],
+        "target_cpu_us_per_delivery": window["target_cpu_s"] / deliveries * 1e6,
+        "target_user_us_per_delivery": window["target_user_s"] / deliveries * 1e6,
+        "target_system_us_per_delivery": window["target_system_s"] / deliveries * 1e6,
+        "window": window,
+        "verdict": verdict(window, load_cpus),
+    }
+
+
+def burst_publishes(n: int, deliveries: int) -> int:
+    """Publishes in a burst to ``n`` subscribers: about ``deliveries`` in all, and never fewer than 20."""
+    return max(20, deliveries // n)
+
+
+async def measure_empty(server: TargetProcess, control: ControlConnection) -> dict[str, Any]:
+    """The target's CPU per publish that reaches only the control connection: the price of the trigger."""
+    base = await control.subscribe(EMPTY_CHANNEL)
+    meter = Meter(server.pid, [])
+    await control.burst(EMPTY_CHANNEL, base, 1, EMPTY_PUBLISHES, STEP_TIMEOUT)
+    window = meter.stop()
+    return {
+        "publishes": EMPTY_PUBLISHES,
+        "target_cpu_us_per_publish": window["target_cpu_s"] / EMPTY_PUBLISHES * 1e6,
+        "elapsed_s": window["elapsed_s"],
+    }
+
+
+async def finish(generators: Generators, expected: int) -> None:
+    """Stop the generators and check that every subscriber read exactly ``expected`` messages."""
+    generators.stop()
+    await generators.wait(lambda: all(s is not None for s in generators.summaries), "generator summaries")
+    generators.detach()
+    for index, summary in enumerate(generators.summaries):
+        assert summary is not None
+        if summary["min"] != expected or summary["max"] != expected or summary["errors"]:
+            raise BenchError(f"generator {index}: expected {expected} messages per subscriber, got {summary}")
+
+
+async def measure_turn(
+    args: argparse.Namespace, turn: Turn, server: TargetProcess, generators: Generators, load_cpus: int
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"connect": await connect_everybody(turn, server, generators)}
+    if turn.scenario == "idle":
+        await finish(generators, 0)
+        return result
+    n = turn.subscribers
+    control = await open_control(server.port, server.publish_token)
+    try:
+        result["latency"] = await measure_latency(n, args.latency_publishes, server, generators, control)
+        result["empty_publish"] = await measure_empty(server, control)
+        first = WARMUP_PUBLISHES + args.latency_publishes + 1
+        base = result["latency"]["base_offset"]
+        result["burst"] = await measure_burst(
+            n, args.burst_deliveries, server, generators, control, base, first, load_cpus
         )
-    return False, f"NOT hub-bound: the hub idled, the load generator was the limit ({detail})"
+        await finish(generators, first + result["burst"]["publishes"] - 1)
+    finally:
+        if control.transport is not None:
+            control.transport.abort()
+    return result
 
 
-# --- running and reporting ---------------------------------------------------------------------------
+def run_turn(args: argparse.Namespace, turn: Turn, workdir: Path, pinned: dict[str, list[int]] | None) -> Any:
+    """Start the target and the generators, measure, stop them all (whatever happened)."""
+    server = TargetProcess(turn.target, workdir, max_connections=turn.subscribers + FD_MARGIN)
+    generators: Generators | None = None
+    try:
+        server.start(pinned["target"] if pinned else None)
+        specs = [
+            GeneratorSpec(i, server.port, server.token, count)
+            for i, count in enumerate(split(turn.subscribers, turn.generators))
+        ]
+        generators = Generators(specs)
+        load_cpus = len(pinned["load"]) if pinned else len(os.sched_getaffinity(0))
+        started = time.monotonic()
+        result = run_loop(measure_turn(args, turn, server, generators, load_cpus))
+        result["turn_s"] = time.monotonic() - started
+        return result
+    finally:
+        if generators is not None:
+            generators.stop()
+            generators.join()
+        server.stop()
 
 
-def raise_fd_limit(needed: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise BenchError(
-            f"RLIMIT_NOFILE hard limit is {hard}, the hub needs {needed} file descriptors for "
-            f"{needed - FD_MARGIN} subscribers: raise it (e.g. `ulimit -Hn {needed}` as root, or "
-            f"LimitNOFILE= in systemd) or use fewer --subscribers"
-        )
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = hard if hard != resource.RLIM_INFINITY else needed
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))  # inherited by the hub and generators
-        soft = target
-    return int(soft)
+# --- the run: turns in alternation, summaries --------------------------------------------------------
+
+
+def plan(args: argparse.Namespace) -> list[Turn]:
+    """Every scenario, target after target, round after round (A B C A B C …), so a slow drift of the
+    machine falls on all targets alike."""
+    turns: list[Turn] = []
+    for round_ in range(1, args.rounds + 1):
+        for n in args.subscribers:
+            turns += [Turn(t, n, round_, args.generators, "fanout") for t in args.targets]
+        if args.idle_connections and round_ <= args.idle_rounds:
+            turns += [Turn(t, args.idle_connections, round_, args.generators, "idle") for t in args.targets]
+    # Round 0: the same turn with one more generator process, for the targets asked (the fastest is the one
+    # whose figures a slow load would cap first).
+    n = max(args.subscribers)
+    turns += [Turn(t, n, 0, args.generators + 1, "fanout") for t in args.extra_generator]
+    return turns
+
+
+# Figures summarised over the rounds: key, scenario, path in a turn's result, factor to the key's unit.
+KIB, MIB = 1 / 1024, 1 / 2**20
+SUMMARY_FIGURES: list[tuple[str, str, tuple[str, ...], float]] = [
+    ("latency_p50_ms", "fanout", ("latency", "last_received_ms", "p50"), 1),
+    ("latency_p99_ms", "fanout", ("latency", "last_received_ms", "p99"), 1),
+    ("latency_max_ms", "fanout", ("latency", "last_received_ms", "max"), 1),
+    ("written_p50_ms", "fanout", ("latency", "all_written_ms", "p50"), 1),
+    ("lag_p50_ms", "fanout", ("latency", "last_read_after_written_ms", "p50"), 1),
+    ("lag_max_ms", "fanout", ("latency", "last_read_after_written_ms", "max"), 1),
+    ("sequential_cpu_us", "fanout", ("latency", "target_cpu_us_per_delivery"), 1),
+    ("deliveries_per_s", "fanout", ("burst", "deliveries_per_s"), 1),
+    ("burst_cpu_us", "fanout", ("burst", "target_cpu_us_per_delivery"), 1),
+    ("burst_user_us", "fanout", ("burst", "target_user_us_per_delivery"), 1),
+    ("burst_system_us", "fanout", ("burst", "target_system_us_per_delivery"), 1),
+    ("burst_target_busy", "fanout", ("burst", "window", "target_busy"), 1),
+    ("burst_target_waiting", "fanout", ("burst", "window", "target_waiting"), 1),
+    ("burst_load_cores", "fanout", ("burst", "window", "load_cores"), 1),
+    ("burst_rest_cpus", "fanout", ("burst", "window", "rest_of_machine_cpus"), 1),
+    ("empty_publish_cpu_us", "fanout", ("empty_publish", "target_cpu_us_per_publish"), 1),
+    ("connect_s", "fanout", ("connect", "seconds"), 1),
+    ("rss_kib_per_connection", "fanout", ("connect", "rss_per_connection_bytes"), KIB),
+    ("idle_rss_kib_per_connection", "idle", ("connect", "rss_per_connection_bytes"), KIB),
+    ("idle_rss_idle_mib", "idle", ("connect", "rss_idle_bytes"), MIB),
+    ("idle_rss_connected_mib", "idle", ("connect", "rss_connected_bytes"), MIB),
+    ("idle_slab_kib_per_connection", "idle", ("connect", "slab_per_connection_bytes"), KIB),
+    ("idle_connect_s", "idle", ("connect", "seconds"), 1),
+]
+
+
+def dig(value: Any, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def summarise(turns: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """figure → str(N) → target → {median, min, max, n}, over the regular rounds (not the extra-generator
+    check) that completed."""
+    summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for key, scenario, path, scale in SUMMARY_FIGURES:
+        cells: dict[str, dict[str, list[float]]] = {}
+        for turn in turns:
+            if turn["scenario"] != scenario or turn["round"] == 0 or "result" not in turn:
+                continue
+            value = dig(turn["result"], path)
+            if value is not None:
+                cells.setdefault(str(turn["subscribers"]), {}).setdefault(turn["target"], []).append(value)
+        summary[key] = {
+            n: {
+                target: {
+                    "median": statistics.median(values) * scale,
+                    "min": min(values) * scale,
+                    "max": max(values) * scale,
+                    "n": len(values),
+                }
+                for target, values in by_target.items()
+            }
+            for n, by_target in cells.items()
+        }
+    return summary
+
+
+def extra_generator_check(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The extra-generator turns beside the regular rounds' medians at the same N: if one more generator
+    process does not raise the figures, the generators were not what limited them."""
+    rows = []
+    for extra in turns:
+        if extra["round"] != 0 or "result" not in extra:
+            continue
+        regular = [
+            t["result"]
+            for t in turns
+            if t["round"] > 0
+            and "result" in t
+            and t["scenario"] == "fanout"
+            and (t["target"], t["subscribers"]) == (extra["target"], extra["subscribers"])
+        ]
+        if not regular:
+            continue
+
+        def median(path: tuple[str, ...], results: list[dict[str, Any]]) -> float | None:
+            values = [v for v in (dig(r, path) for r in results) if v is not None]
+            return statistics.median(values) if values else None
+
+        row = {"target": extra["target"], "subscribers": extra["subscribers"]}
+        for key, path in (
+            ("deliveries_per_s", ("burst", "deliveries_per_s")),
+            ("latency_p50_ms", ("latency", "last_received_ms", "p50")),
+        ):
+            row[key] = {
+                "generators": extra["generators"],
+                "with_one_more": dig(extra["result"], path),
+                "regular_median": median(path, regular),
+                "regular_generators": extra["generators"] - 1,
+            }
+        rows.append(row)
+    return rows
+
+
+def peer_versions() -> dict[str, str]:
+    """The versions the peers ran with: node, ws (from its package.json), python-websockets."""
+    versions: dict[str, str] = {}
+    try:
+        done = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10, check=False)
+        versions["node"] = done.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        versions["node"] = "not installed"
+    try:
+        ws = json.loads((PEERS / "node_modules" / "ws" / "package.json").read_text())
+        versions["ws"] = str(ws["version"])
+    except (OSError, ValueError, KeyError):
+        versions["ws"] = "not installed"
+    try:
+        import websockets
+
+        versions["websockets"] = websockets.__version__
+    except ImportError:
+        versions["websockets"] = "not installed"
+    return versions
+
+
+def source_version() -> str:
+    """The commit the wsgate under test was built from, with ``+dirty`` when ``src/`` has local changes."""
+    root = BENCH_DIR.parent
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "src")
+    except OSError:
+        return "unknown"
+    return f"{commit}{'+dirty' if dirty else ''}" or "unknown"
 
 
 def machine() -> dict[str, Any]:
     return machine_description()
 
 
-def render(
-    args: argparse.Namespace,
-    info: dict[str, Any],
-    r: dict[str, Any],
-    pinned: dict[str, list[int]] | None,
-    verdict: str,
-) -> str:
-    n = args.subscribers
-    lat, thr, empty, conn = r["latency"], r["throughput"], r["publish_without_subscribers"], r["connect"]
-    last, ans, lag = lat["last_received_ms"], lat["publish_answered_ms"], lat["last_read_after_answer_ms"]
-    deliveries = thr["deliveries"]
+def check_prerequisites(targets: list[str]) -> None:
+    if any(t.startswith("node-") for t in targets) and not (PEERS / "node_modules" / "ws").is_dir():
+        raise BenchError("the Node peer needs `ws`: run benchmarks/setup-peers first")
+    if "py-websockets" in targets:
+        try:
+            import websockets  # noqa: F401
+        except ImportError:
+            raise BenchError("py-websockets needs the websockets package (pip install -e '.[dev]')") from None
 
-    def row(label: str, *values: str) -> str:
-        return f"  {label:<44}" + "".join(f"{v:>11}" for v in values)
 
-    def us(seconds: float) -> str:
-        return f"{seconds / deliveries * 1e6:.2f} µs"
+def raise_fd_limit(needed: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise BenchError(
+            f"RLIMIT_NOFILE hard limit is {hard}, a target needs {needed} file descriptors for "
+            f"{needed - FD_MARGIN} connections: raise it (e.g. `ulimit -Hn {needed}` as root, or "
+            f"LimitNOFILE= in systemd; see docs/scaling.md) or use fewer connections"
+        )
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = hard if hard != resource.RLIM_INFINITY else needed
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))  # inherited by the targets and generators
+        soft = target
+    return int(soft)
 
-    hub_where = f"pinned to CPU {pinned['hub'][0]}" if pinned else "not pinned"
-    load_where = f"on CPUs {pinned['load']}" if pinned else "not pinned"
-    return "\n".join(
-        [
-            f"wsgate hub fan-out benchmark: {n} subscribers over loopback ({HOST})",
-            f"  hub      wsgate hub, {'uvloop' if r['hub_uvloop'] else 'asyncio (no uvloop)'}, {hub_where}",
-            f"  load     {args.generators} subscriber processes + this publisher, {load_where}",
-            f"  machine  {info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
-            f"uvloop {info['uvloop'] or 'not installed'}, aiohttp {info['aiohttp']}",
-            "",
-            f"connect: {n} subscribers (handshake + subscribe) in {conn['seconds']:.2f} s; hub RSS "
-            f"{conn['hub_rss_connected_bytes'] / 2**20:.1f} MiB "
-            f"(+{conn['hub_rss_per_connection_bytes'] / 1024:.1f} KiB per connection)",
-            "",
-            f"fan-out latency ({lat['publishes']} sequential publishes, "
-            f"after {lat['warmup_publishes']} to warm up)",
-            row("", "p50", "p99", "max"),
-            row(
-                f"publish → last of {n} subscribers read it",
-                f"{last['p50']:.2f} ms",
-                f"{last['p99']:.2f} ms",
-                f"{last['max']:.2f} ms",
-            ),
-            row("publish → POST /api/publish answered", f"{ans['p50']:.2f} ms", f"{ans['p99']:.2f} ms"),
-            row("last read minus POST answered", f"{lag['p50']:.2f} ms", "", f"{lag['max']:.2f} ms"),
-            row(
-                "hub CPU per publish (per subscriber)",
-                f"{lat['hub_cpu_ms_per_publish']:.2f} ms",
-                f"({lat['hub_cpu_ms_per_publish'] * 1000 / n:.2f} µs)",
-            ),
-            row("hub waiting for a CPU, per publish", f"{lat['hub_run_delay_ms_per_publish']:.2f} ms"),
-            "",
-            f"delivery throughput ({thr['publishes']} publishes, {thr['in_flight']} in flight, "
-            f"× {n} subscribers = {deliveries:,} deliveries)",
-            row("elapsed, first POST → last read", f"{thr['elapsed_s']:.3f} s"),
-            row("deliveries/s", f"{thr['deliveries_per_s']:,.0f}"),
-            row("hub CPU per delivery (user + system)", us(thr["hub_cpu_s"])),
-            row("  of which user / system", us(thr["hub_user_s"]), us(thr["hub_system_s"])),
-            row(
-                "hub busy / waiting for a CPU",
-                f"{thr['hub_cpu_share']:.0%}",
-                f"{thr['hub_run_delay_s'] / thr['elapsed_s']:.0%}",
-            ),
-            row(
-                f"hub CPU per publish to nobody ({empty['publishes']}×)",
-                f"{empty['hub_cpu_us_per_publish']:.0f} µs",
-            ),
-            row("generators busy", *(f"{share:.0%}" for share in thr["generator_cpu_share"])),
-            row("publisher busy", f"{thr['publisher_cpu_share']:.0%}"),
-            "",
-            f"bottleneck check: {verdict}",
-        ]
+
+def pin_cpus(enabled: bool) -> dict[str, list[int]] | None:
+    """The first CPU for the target, the others for this process and the generators (which inherit our
+    affinity), so that the load cannot take the target's CPU time. Needs at least two CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, cpus[1:])
+    return {"target": cpus[:1], "load": cpus[1:]}
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def describe(turn: Turn, result: dict[str, Any]) -> str:
+    """One progress line per turn."""
+    c = result["connect"]
+    head = f"  round {turn.round or '+'} {turn.target:<18} {turn.subscribers:>6,}"
+    if turn.scenario == "idle":
+        return (
+            f"{head} idle: {c['rss_per_connection_bytes'] / 1024:.1f} KiB/conn "
+            f"(RSS {c['rss_idle_bytes'] / 2**20:.0f} → {c['rss_connected_bytes'] / 2**20:.0f} MiB), "
+            f"connected in {c['seconds']:.1f} s"
+        )
+    lat, burst = result["latency"]["last_received_ms"], result["burst"]
+    return (
+        f"{head} p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms | "
+        f"{burst['deliveries_per_s']:,.0f} deliveries/s, "
+        f"{burst['target_cpu_us_per_delivery']:.2f} µs/delivery "
+        f"({burst['verdict']}, busy {burst['window']['target_busy']:.0%}) | "
+        f"{c['rss_per_connection_bytes'] / 1024:.1f} KiB/conn"
     )
+
+
+def run(args: argparse.Namespace, pinned: dict[str, list[int]] | None) -> tuple[list[dict[str, Any]], float]:
+    """Every planned turn that fits in the time limit; a failed turn is recorded and the run goes on."""
+    started = time.monotonic()
+    durations: dict[tuple[str, int], float] = {}
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="wsgate-hub-bench-") as tmp:
+        for turn in plan(args):
+            record: dict[str, Any] = {
+                "target": turn.target,
+                "subscribers": turn.subscribers,
+                "round": turn.round,
+                "generators": turn.generators,
+                "scenario": turn.scenario,
+            }
+            records.append(record)
+            expected = durations.get((turn.scenario, turn.subscribers), 0.0)
+            if time.monotonic() - started + expected > args.time_limit:
+                record["skipped"] = f"the time limit ({args.time_limit:.0f} s) would be exceeded"
+                continue
+            turn_started = time.monotonic()
+            try:
+                record["result"] = run_turn(args, turn, Path(tmp), pinned)
+            except (BenchError, TimeoutError, OSError) as exc:
+                record["error"] = f"{exc.__class__.__name__}: {exc}"
+                print(f"  round {turn.round} {turn.target} {turn.subscribers}: {record['error']}", flush=True)
+                continue
+            took = time.monotonic() - turn_started
+            durations[(turn.scenario, turn.subscribers)] = max(took, expected)
+            print(describe(turn, record["result"]), flush=True)
+    return records, time.monotonic() - started
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--subscribers", type=int, default=1000, help="WebSocket subscribers (default: 1000)")
     parser.add_argument(
-        "--publishes", type=int, default=200, help="publishes in the throughput burst (default: 200)"
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated, in alternation order, from {', '.join(TARGETS)} (default: %(default)s)",
     )
+    parser.add_argument(
+        "--subscribers", default="1000,10000", help="comma-separated subscriber counts (default: %(default)s)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of alternation (default: 3)")
     parser.add_argument(
         "--latency-publishes",
         type=int,
         default=LATENCY_PUBLISHES,
         help=f"sequential publishes for the latency figures (default: {LATENCY_PUBLISHES})",
+    )
+    parser.add_argument(
+        "--burst-deliveries",
+        type=int,
+        default=BURST_DELIVERIES,
+        help=f"deliveries per burst: publishes = this / N, at least 20 (default: {BURST_DELIVERIES:,})",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=19_000,
+        help="idle subscribed connections for the memory figure, 0 to skip (default: %(default)s)",
     )
     parser.add_argument(
         "--generators",
@@ -860,99 +1251,123 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="subscriber processes sharing the N connections (default: 2)",
     )
     parser.add_argument(
+        "--idle-rounds",
+        type=int,
+        default=1,
+        help="rounds that include the idle-memory turns (default: 1; each takes 15-30 s per target)",
+    )
+    parser.add_argument(
+        "--extra-generator",
+        default="",
+        metavar="TARGETS",
+        help="after the rounds, one more turn for each of these targets at the largest N, with one more "
+        "generator process: if the figures do not rise, the generators were not the limit",
+    )
+    parser.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
-        help="do not give the hub a CPU of its own (by default it gets the first, the load the others)",
+        help="do not give the target a CPU of its own (by default it gets the first, the load the others)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=TIME_LIMIT,
+        help="start no turn that would end after this many seconds (default: %(default)s)",
     )
     parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/)")
     args = parser.parse_args(argv)
-    if not 1 <= args.subscribers <= 50_000:
+    args.targets = [t for t in args.targets.split(",") if t]
+    args.extra_generator = [t for t in args.extra_generator.split(",") if t]
+    unknown = [t for t in args.targets + args.extra_generator if t not in TARGETS]
+    if unknown or not args.targets:
+        parser.error(f"unknown target(s) {unknown}; known: {', '.join(TARGETS)}")
+    try:
+        args.subscribers = [int(n) for n in args.subscribers.split(",") if n]
+    except ValueError:
+        parser.error("--subscribers takes comma-separated integers")
+    if not args.subscribers or not all(1 <= n <= 50_000 for n in args.subscribers):
         parser.error("--subscribers must be between 1 and 50000")
-    if not 1 <= args.publishes <= 10_000 or not 1 <= args.latency_publishes <= 1000:
-        parser.error("--publishes must be 1-10000 and --latency-publishes 1-1000")
-    if not 1 <= args.generators <= args.subscribers:
-        parser.error("--generators must be between 1 and --subscribers")
+    if not 0 <= args.idle_connections <= 50_000 or not 1 <= args.rounds <= 20 or args.idle_rounds < 0:
+        parser.error("--idle-connections must be 0-50000, --rounds 1-20 and --idle-rounds at least 0")
+    if not 1 <= args.latency_publishes <= 1000 or args.burst_deliveries < 1:
+        parser.error("--latency-publishes must be 1-1000 and --burst-deliveries positive")
+    if not 1 <= args.generators <= min(args.subscribers):
+        parser.error("--generators must be between 1 and the smallest --subscribers")
     return args
-
-
-def pin(hub_pid: int) -> dict[str, list[int]] | None:
-    """Give the hub a CPU of its own and keep this process and the generators (which inherit our affinity)
-    on the others, so that the load cannot steal the hub's CPU time. Needs at least two CPUs."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    os.sched_setaffinity(hub_pid, cpus[:1])
-    os.sched_setaffinity(0, cpus[1:])
-    return {"hub": cpus[:1], "load": cpus[1:]}
-
-
-def split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        fd_limit = raise_fd_limit(args.subscribers + FD_MARGIN)
+        check_prerequisites(args.targets)
+        fd_limit = raise_fd_limit(max([*args.subscribers, args.idle_connections]) + FD_MARGIN)
     except BenchError as exc:
         print(f"hub_fanout: {exc}", file=sys.stderr)
         return 2
-    info = machine()
-    with tempfile.TemporaryDirectory(prefix="wsgate-bench-") as tmp:
-        hub = HubProcess(Path(tmp), free_port(), max_connections=args.subscribers + FD_MARGIN)
-        generators: Generators | None = None
-        pinned: dict[str, list[int]] | None = None
-        try:
-            hub.start()
-            pinned = pin(hub.pid) if args.pin else None
-            specs = [
-                GeneratorSpec(i, hub.port, hub.token, count)
-                for i, count in enumerate(split(args.subscribers, args.generators))
-            ]
-            generators = Generators(specs)
+    info = {**machine(), **peer_versions(), "wsgate": source_version()}  # before pinning narrows our CPUs
+    pinned = pin_cpus(args.pin)
+    where = f"target on CPU {pinned['target']}, load on CPUs {pinned['load']}" if pinned else "not pinned"
+    print(
+        f"hub fan-out: {', '.join(args.targets)} × N = {args.subscribers}, {args.rounds} rounds, "
+        f"idle {args.idle_connections:,}; {where}; {info['nproc']} CPUs ({info['cpu_model']})",
+        flush=True,
+    )
 
-            async def run() -> dict[str, Any]:
-                assert generators is not None
-                async with asyncio.timeout(RUN_TIMEOUT):
-                    return await measure(args, hub, generators)
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # run_turn's finally stops every process this run started
 
-            result = run_loop(run())
-        except (BenchError, TimeoutError, OSError, aiohttp.ClientError) as exc:
-            text = str(exc) or f"the run took longer than {RUN_TIMEOUT:.0f}s"
-            print(f"hub_fanout: {exc.__class__.__name__}: {text}", file=sys.stderr)
-            return 1
-        finally:
-            if generators is not None:
-                generators.stop()
-                generators.join()
-            hub.stop()
-
-    hub_bound, verdict = bottleneck_check(result, info["nproc"], pinned)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        turns, elapsed = run(args, pinned)
+    except KeyboardInterrupt:
+        print("hub_fanout: interrupted", file=sys.stderr)
+        return 1
     report = {
         "benchmark": "hub_fanout",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["hub_fanout.py", *(argv if argv is not None else sys.argv[1:])]),
+        "targets": args.targets,
         "subscribers": args.subscribers,
+        "rounds": args.rounds,
+        "latency_publishes": args.latency_publishes,
+        "burst_deliveries": args.burst_deliveries,
+        "burst_in_flight": BURST_IN_FLIGHT,
+        "burst_publishes": {str(n): burst_publishes(n, args.burst_deliveries) for n in args.subscribers},
+        "idle_connections": args.idle_connections,
+        "idle_rounds": min(args.idle_rounds, args.rounds) if args.idle_connections else 0,
         "generators": args.generators,
-        "frame_bytes": len(
-            b'{"type":"message","channel":"bench","offset":100,"data":'
-            + json.dumps(payload(100), separators=(",", ":")).encode()
-            + b"}"
-        )
-        + 2,
+        "frame_bytes": frame_bytes(),
         "fd_limit": fd_limit,
         "cpu_pinning": pinned,
         "machine": info,
-        **result,
-        "hub_bound": hub_bound,
-        "bottleneck_check": verdict,
+        "elapsed_s": elapsed,
+        "summary": summarise(turns),
+        "extra_generator_check": extra_generator_check(turns),
+        "turns": turns,
     }
-    print(render(args, info, result, pinned, verdict))
-    path = args.json or RESULTS_DIR / f"hub_fanout-{datetime.now():%Y%m%d-%H%M%S}-{args.subscribers}.json"
+    path = args.json or RESULTS_DIR / f"hub_fanout-{datetime.now():%Y%m%d-%H%M%S}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results: {path}")
-    return 0
+    print(render_summary(report))
+    print(f"results: {path} ({elapsed:.0f} s)")
+    failed = [t for t in turns if "error" in t]
+    return 1 if failed else 0
+
+
+def frame_bytes() -> int:
+    """The size of the frame every subscriber receives (wsgate's envelope; the peers' is the same)."""
+    body = json.dumps(payload(100), separators=(",", ":"))
+    return len(f'{{"type":"message","channel":"{CHANNEL}","offset":100,"data":{body}}}') + 2
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    """The run's table as Markdown (the same renderer ``benchmarks/report.py`` uses for the docs)."""
+    try:
+        from benchmarks.report import hub_markdown
+    except ModuleNotFoundError:
+        from report import hub_markdown  # type: ignore[no-redef,import-not-found]
+    return hub_markdown(report)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,21 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def fd_count(pid: int) -> int:
+    """Open file descriptors of the process (``/proc/<pid>/fd``): a server holds one per connection."""
+    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def meminfo_bytes(field: str) -> int:
+    """A machine-wide figure of ``/proc/meminfo`` in bytes (``Slab``: the kernel's object caches, where
+    socket, inode and file structures live); 0 if the kernel does not report it."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0]) * 1024  # reported in kB
+    return 0
+
+
 def maps_library(pid: int, name: str) -> bool:
     """Whether a file whose path contains ``name`` is mapped into the process (e.g. ``uvloop/loop``)."""
     with open(f"/proc/{pid}/maps") as maps:
