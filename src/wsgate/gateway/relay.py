@@ -203,11 +203,14 @@ class UpstreamSide(_Side):
 
     name = "upstream"
 
-    def __init__(self, tunnel: Tunnel, on_head_data: Callable[[bytes], bool]) -> None:
+    def __init__(
+        self, tunnel: Tunnel, on_head_data: Callable[[bytes], bool], on_lost: Callable[[], None]
+    ) -> None:
         super().__init__(tunnel)
         self._on_head_data: Callable[[bytes], bool] | None = on_head_data
+        self._on_lost = on_lost
         self._held: bytearray | None = None
-        self.lost: asyncio.Future[None] = tunnel.loop.create_future()
+        self.lost = False
         self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -238,12 +241,15 @@ class UpstreamSide(_Side):
     # next upstream, or answer the client 502): only ``lost`` tells of it.
 
     def eof_received(self) -> bool:
-        if not self.lost.done():
-            self.lost.set_result(None)
+        self._lose()
         return super().eof_received() if self.tunnel.upstream is self.transport else False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
+        self._lose()
         if self.tunnel.upstream is self.transport:
             super().connection_lost(exc)
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self._on_lost()

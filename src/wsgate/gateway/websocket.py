@@ -13,7 +13,6 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import mint_token
@@ -82,6 +81,10 @@ class WebSocketProxy:
             self.ssl_context = upstream_ssl_context(route.tls, route=route.path)
         # Open tunnels and those whose upstream handshake is under way.
         self.tunnels: set[Tunnel] = set()
+        # Looked up once: every tunnel's end counts in these.
+        self._ended_tunnels = self.metrics.requests.labels(route.path, "101")
+        self._bytes_up = self.metrics.tunnel_bytes.labels("up")
+        self._bytes_down = self.metrics.tunnel_bytes.labels("down")
 
     # --- the request --------------------------------------------------------------------------------
 
@@ -178,7 +181,7 @@ class WebSocketProxy:
         held = client_side.relay()
         if held:
             tunnel.to_upstream(held)
-        if side.lost.done():  # the upstream hung up right behind its 101 (and what it sent with it)
+        if side.lost:  # the upstream hung up right behind its 101 (and what it sent with it)
             tunnel.close("upstream_closed")
 
     def _ended(self, tunnel: Tunnel, started: float) -> None:
@@ -187,9 +190,9 @@ class WebSocketProxy:
         if not tunnel.joined:
             return
         self.metrics.tunnels.dec()
-        self.metrics.tunnel_bytes.labels("up").inc(tunnel.bytes_up)
-        self.metrics.tunnel_bytes.labels("down").inc(tunnel.bytes_down)
-        self.metrics.requests.labels(self.route.path, "101").inc()
+        self._bytes_up.inc(tunnel.bytes_up)
+        self._bytes_down.inc(tunnel.bytes_down)
+        self._ended_tunnels.inc()
         access_log.info(
             "ws tunnel route=%s upstream=%s status=101 up=%d down=%d duration=%.1fs end=%s",
             self.route.path, tunnel.upstream_url, tunnel.bytes_up, tunnel.bytes_down,
@@ -235,9 +238,10 @@ class WebSocketProxy:
             if remaining <= 0:
                 raise UpstreamFailure(504, "the upstream did not answer in time")
             try:
-                side, transport, head, leftover = await asyncio.wait_for(
-                    self._handshake(self.targets[url], requests[url], tunnel), remaining
-                )
+                async with asyncio.timeout(remaining):
+                    side, transport, head, leftover = await self._handshake(
+                        self.targets[url], requests[url], tunnel
+                    )
             except TimeoutError:
                 self.pool.failed(url)
                 raise UpstreamFailure(504, "the upstream did not answer in time") from None
@@ -272,8 +276,14 @@ class WebSocketProxy:
             head_ready.set_result(head)
             return True
 
+        def on_lost() -> None:
+            if not head_ready.done():
+                head_ready.set_exception(
+                    ConnectionResetError("the upstream closed the connection before answering")
+                )
+
         transport, side = await loop.create_connection(
-            lambda: UpstreamSide(tunnel, on_head_data),
+            lambda: UpstreamSide(tunnel, on_head_data, on_lost),
             target.host,
             target.port,
             ssl=self.ssl_context if target.secure else None,
@@ -282,11 +292,7 @@ class WebSocketProxy:
         # (uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check here.)
         try:
             transport.write(upgrade_request)
-            waiters: set[asyncio.Future[Any]] = {head_ready, side.lost}
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if not head_ready.done():
-                raise ConnectionResetError("the upstream closed the connection before answering")
-            head = head_ready.result()
+            head = await head_ready
         except BaseException:
             transport.abort()
             raise
