@@ -12,8 +12,9 @@ Every target accepts the same handshake (``Authorization: Bearer <token>``, 401 
 commands (``subscribe``, answered with the channel's offset; ``publish``, fanned out as a ``message`` with the
 next offset), so the clients are the same for all. The load runs on the other CPUs:
 
-* ``--generators`` subscriber processes hold the N connections: raw asyncio protocols on uvloop that count
-  frames by their 2-byte headers (one per process checks every message and its offset);
+* ``--generators`` subscriber processes hold the N connections, counting frames by their headers (the first
+  connection of each checks every message's offset): by default ``peers/ws_subscribers.c``, one epoll loop
+  in C (``--client c``, compiled on first use), or raw asyncio protocols on uvloop (``--client python``);
 * this process publishes over one more WebSocket, the *control connection*, which subscribes after all N
   subscribers. Every target writes a message to its subscribers in subscription order, so the control
   connection reads it when the target has written it to everybody.
@@ -528,12 +529,15 @@ class TargetProcess:
 
     Only this process is ever signalled, and only through its own Popen handle."""
 
-    def __init__(self, name: str, workdir: Path, max_connections: int) -> None:
+    def __init__(
+        self, name: str, workdir: Path, max_connections: int, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.token = secrets.token_urlsafe(24)
         self.publish_token = secrets.token_urlsafe(24)
         self.launch = TARGETS[name](workdir, self.port, self.token, self.publish_token, max_connections)
+        self.launch.env.update(extra_env or {})
         self.log_path = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -614,65 +618,35 @@ def free_port() -> int:
 # --- the generators, seen from here ------------------------------------------------------------------
 
 
-class Generators:
-    """The subscriber processes and what they report."""
+class GeneratorReports:
+    """What the generator processes report, and waiting for it: the part both kinds of generator share.
 
-    def __init__(
-        self, specs: Sequence[Any], target: Callable[[Any, Connection], None] = generator_main
-    ) -> None:
-        """One process per spec, running ``target(spec, pipe)`` (:func:`generator_main` unless another
-        module brings its own generator, speaking the same messages)."""
-        context = multiprocessing.get_context("spawn")  # a clean interpreter, no inherited loop or sockets
-        self.processes: list[multiprocessing.process.BaseProcess] = []
-        self.conns: list[Connection] = []
-        for spec in specs:
-            ours, theirs = context.Pipe()
-            process = context.Process(
-                target=target, args=(spec, theirs), name=f"bench-gen-{spec.index}", daemon=True
-            )
-            process.start()
-            theirs.close()
-            self.processes.append(process)
-            self.conns.append(ours)
-        self.ready: list[float | None] = [None] * len(specs)
-        self.done: list[dict[int, float]] = [{} for _ in specs]
-        self.summaries: list[dict[str, int] | None] = [None] * len(specs)
+    ``ready[i]``: seconds generator i took to connect and subscribe all its connections; ``done[i][n]``: when
+    all its connections had read n messages; ``summaries[i]``: its final counts; ``error``: the first failure.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.ready: list[float | None] = [None] * size
+        self.done: list[dict[int, float]] = [{} for _ in range(size)]
+        self.summaries: list[dict[str, int] | None] = [None] * size
         self.error: str | None = None
         self.changed = asyncio.Event()
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
+    def record(self, index: int, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "done":
+            self.done[index][message[1]] = message[2]
+        elif kind == "ready":
+            self.ready[index] = message[1]
+        elif kind == "summary":
+            self.summaries[index] = message[1]
+        elif kind == "error" and self.error is None:
+            self.error = f"generator {index}: {message[1]}"
 
-    def attach(self) -> None:
-        loop = asyncio.get_running_loop()
-        for index, conn in enumerate(self.conns):
-            loop.add_reader(conn.fileno(), self._on_readable, index)
-
-    def detach(self) -> None:
-        loop = asyncio.get_running_loop()
-        for conn in self.conns:
-            loop.remove_reader(conn.fileno())
-
-    def _on_readable(self, index: int) -> None:
-        conn = self.conns[index]
-        try:
-            while conn.poll():
-                message = conn.recv()
-                kind = message[0]
-                if kind == "done":
-                    self.done[index][message[1]] = message[2]
-                elif kind == "ready":
-                    self.ready[index] = message[1]
-                elif kind == "summary":
-                    self.summaries[index] = message[1]
-                elif kind == "error" and self.error is None:
-                    self.error = f"generator {index}: {message[1]}"
-        except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(conn.fileno())
-            if self.summaries[index] is None and self.error is None:
-                self.error = f"generator {index} exited unexpectedly"
-        self.changed.set()
+    def ended(self, index: int) -> None:
+        """Generator ``index`` closed its end of the channel."""
+        if self.summaries[index] is None and self.error is None:
+            self.error = f"generator {index} exited unexpectedly"
 
     async def wait(self, predicate: Callable[[], bool], what: str, limit: float = STEP_TIMEOUT) -> None:
         try:
@@ -694,6 +668,53 @@ class Generators:
         )
         return max(done[n] for done in self.done)
 
+
+class Generators(GeneratorReports):
+    """The Python subscriber processes (multiprocessing, one pipe each) and what they report."""
+
+    def __init__(
+        self, specs: Sequence[Any], target: Callable[[Any, Connection], None] = generator_main
+    ) -> None:
+        """One process per spec, running ``target(spec, pipe)`` (:func:`generator_main` unless another
+        module brings its own generator, speaking the same messages)."""
+        super().__init__(len(specs))
+        context = multiprocessing.get_context("spawn")  # a clean interpreter, no inherited loop or sockets
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.conns: list[Connection] = []
+        for spec in specs:
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=target, args=(spec, theirs), name=f"bench-gen-{spec.index}", daemon=True
+            )
+            process.start()
+            theirs.close()
+            self.processes.append(process)
+            self.conns.append(ours)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
+
+    def attach(self) -> None:
+        loop = asyncio.get_running_loop()
+        for index, conn in enumerate(self.conns):
+            loop.add_reader(conn.fileno(), self._on_readable, index)
+
+    def detach(self) -> None:
+        loop = asyncio.get_running_loop()
+        for conn in self.conns:
+            loop.remove_reader(conn.fileno())
+
+    def _on_readable(self, index: int) -> None:
+        conn = self.conns[index]
+        try:
+            while conn.poll():
+                self.record(index, conn.recv())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            self.ended(index)
+        self.changed.set()
+
     def go(self) -> None:
         for conn in self.conns:
             conn.send("go")
@@ -709,6 +730,119 @@ class Generators:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+NATIVE_SOURCE = PEERS / "ws_subscribers.c"
+NATIVE_BINARY = BENCH_DIR.parent / "build" / "bench" / "ws_subscribers"
+
+
+def build_native_client() -> Path:
+    """Compile the C subscribers (``benchmarks/peers/ws_subscribers.c``) when the binary is missing or older
+    than its source; the binary lives in the git-ignored ``build/bench/``."""
+    fresh = NATIVE_BINARY.exists() and NATIVE_BINARY.stat().st_mtime >= NATIVE_SOURCE.stat().st_mtime
+    if not fresh:
+        NATIVE_BINARY.parent.mkdir(parents=True, exist_ok=True)
+        command = ["cc", "-O2", "-Wall", "-o", str(NATIVE_BINARY), str(NATIVE_SOURCE)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        except OSError as exc:
+            raise BenchError(
+                f"cannot compile {NATIVE_SOURCE.name} ({exc}): install gcc or use --client python"
+            ) from None
+        if done.returncode != 0:
+            raise BenchError(f"compiling {NATIVE_SOURCE.name} failed:\n{done.stderr[-2000:]}")
+    return NATIVE_BINARY
+
+
+class NativeGenerators(GeneratorReports):
+    """The C subscribers, one process per spec, reporting in lines on their stdout (see ws_subscribers.c);
+    they inherit this process's CPUs, as the Python generators do."""
+
+    def __init__(self, specs: Sequence[GeneratorSpec], binary: Path) -> None:
+        super().__init__(len(specs))
+        self.processes = [
+            subprocess.Popen(
+                [str(binary), str(spec.port), str(spec.count), str(CONNECT_CONCURRENCY)],
+                env=dict(os.environ, SUB_TOKEN=spec.token),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            for spec in specs
+        ]
+        self.pending = [b""] * len(specs)  # a line read in part
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def _stdout(self, index: int) -> int:
+        stdout = self.processes[index].stdout
+        assert stdout is not None
+        return stdout.fileno()
+
+    def attach(self) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(len(self.processes)):
+            os.set_blocking(self._stdout(index), False)
+            loop.add_reader(self._stdout(index), self._on_readable, index)
+
+    def detach(self) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(len(self.processes)):
+            loop.remove_reader(self._stdout(index))
+
+    def _on_readable(self, index: int) -> None:
+        try:
+            data = os.read(self._stdout(index), 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._stdout(index))
+            self.ended(index)
+        *lines, self.pending[index] = (self.pending[index] + data).split(b"\n")
+        for line in lines:
+            self.record(index, self.parse(line.decode()))
+        self.changed.set()
+
+    @staticmethod
+    def parse(line: str) -> tuple[Any, ...]:
+        kind, _, rest = line.partition(" ")
+        fields = rest.split()
+        if kind == "done":
+            return ("done", int(fields[0]), float(fields[1]))
+        if kind == "ready":
+            return ("ready", float(fields[0]))
+        if kind == "summary":
+            return ("summary", dict(zip(("min", "max", "errors"), map(int, fields), strict=True)))
+        return ("error", rest if kind == "error" else f"unexpected output {line!r}")
+
+    def _send(self, command: bytes) -> None:
+        for process in self.processes:
+            with contextlib.suppress(OSError):
+                assert process.stdin is not None
+                process.stdin.write(command)
+                process.stdin.flush()
+
+    def go(self) -> None:
+        self._send(b"go\n")
+
+    def stop(self) -> None:
+        self._send(b"stop\n")
+
+    def join(self) -> None:
+        for process in self.processes:
+            try:
+                process.wait(timeout=STEP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+
+
+AnyGenerators = Generators | NativeGenerators
 
 
 # --- measurement -------------------------------------------------------------------------------------
@@ -785,7 +919,7 @@ class Turn:
     scenario: str  # "fanout" or "idle"
 
 
-async def connect_everybody(turn: Turn, server: TargetProcess, generators: Generators) -> dict[str, Any]:
+async def connect_everybody(turn: Turn, server: TargetProcess, generators: AnyGenerators) -> dict[str, Any]:
     """Start the generators and wait until all N subscribers are subscribed; the memory they cost."""
     await server.wait_ready()
     rss_idle, fds_idle, slab_idle = rss_bytes(server.pid), fd_count(server.pid), meminfo_bytes("Slab")
@@ -815,7 +949,7 @@ async def connect_everybody(turn: Turn, server: TargetProcess, generators: Gener
 
 
 async def measure_latency(
-    n: int, publishes: int, server: TargetProcess, generators: Generators, control: ControlConnection
+    n: int, publishes: int, server: TargetProcess, generators: AnyGenerators, control: ControlConnection
 ) -> dict[str, Any]:
     """Sequential publishes, each until the last of the ``n`` subscribers read it."""
     base = await control.subscribe(CHANNEL)
@@ -861,7 +995,7 @@ async def measure_burst(
     n: int,
     burst_deliveries: int,
     server: TargetProcess,
-    generators: Generators,
+    generators: AnyGenerators,
     control: ControlConnection,
     base: int,
     first: int,
@@ -906,7 +1040,7 @@ async def measure_empty(server: TargetProcess, control: ControlConnection) -> di
     }
 
 
-async def finish(generators: Generators, expected: int) -> None:
+async def finish(generators: AnyGenerators, expected: int) -> None:
     """Stop the generators and check that every subscriber read exactly ``expected`` messages."""
     generators.stop()
     await generators.wait(lambda: all(s is not None for s in generators.summaries), "generator summaries")
@@ -918,7 +1052,7 @@ async def finish(generators: Generators, expected: int) -> None:
 
 
 async def measure_turn(
-    args: argparse.Namespace, turn: Turn, server: TargetProcess, generators: Generators, load_cpus: int
+    args: argparse.Namespace, turn: Turn, server: TargetProcess, generators: AnyGenerators, load_cpus: int
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"connect": await connect_everybody(turn, server, generators)}
     if turn.scenario == "idle":
@@ -943,15 +1077,17 @@ async def measure_turn(
 
 def run_turn(args: argparse.Namespace, turn: Turn, workdir: Path, pinned: dict[str, list[int]] | None) -> Any:
     """Start the target and the generators, measure, stop them all (whatever happened)."""
-    server = TargetProcess(turn.target, workdir, max_connections=turn.subscribers + FD_MARGIN)
-    generators: Generators | None = None
+    # --wsgate-src: the hub under test is imported from there (PYTHONPATH comes before the editable install).
+    extra_env = {"PYTHONPATH": str(args.wsgate_src)} if args.wsgate_src and turn.target == "wsgate" else None
+    server = TargetProcess(turn.target, workdir, turn.subscribers + FD_MARGIN, extra_env)
+    generators: AnyGenerators | None = None
     try:
         server.start(pinned["target"] if pinned else None)
         specs = [
             GeneratorSpec(i, server.port, server.token, count)
             for i, count in enumerate(split(turn.subscribers, turn.generators))
         ]
-        generators = Generators(specs)
+        generators = NativeGenerators(specs, args.native) if args.client == "c" else Generators(specs)
         load_cpus = len(pinned["load"]) if pinned else len(os.sched_getaffinity(0))
         started = time.monotonic()
         result = run_loop(measure_turn(args, turn, server, generators, load_cpus))
@@ -1104,17 +1240,17 @@ def peer_versions() -> dict[str, str]:
     return versions
 
 
-def source_version() -> str:
-    """The commit the wsgate under test was built from, with ``+dirty`` when ``src/`` has local changes."""
-    root = BENCH_DIR.parent
+def source_version(src: Path) -> str:
+    """The commit the wsgate under test (the package in ``src``) comes from, with ``+dirty`` when that
+    directory has local changes: other work in progress was measured with it."""
 
     def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, check=False)
+        done = subprocess.run(["git", *argv], cwd=src, capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "src")
+        dirty = git("status", "--porcelain", "--", ".")
     except OSError:
         return "unknown"
     return f"{commit}{'+dirty' if dirty else ''}" or "unknown"
@@ -1264,6 +1400,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "generator process: if the figures do not rise, the generators were not the limit",
     )
     parser.add_argument(
+        "--client",
+        choices=("c", "python"),
+        default="c",
+        help="the subscribers: benchmarks/peers/ws_subscribers.c on epoll (compiled on first use into "
+        "build/bench/) or the Python protocol on uvloop (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
@@ -1275,8 +1418,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=TIME_LIMIT,
         help="start no turn that would end after this many seconds (default: %(default)s)",
     )
+    parser.add_argument(
+        "--wsgate-src",
+        type=Path,
+        metavar="DIR",
+        help="run the wsgate hub from the package in DIR (e.g. the src/ of a `git worktree` of another "
+        "commit) instead of the installed one",
+    )
     parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/)")
     args = parser.parse_args(argv)
+    if args.wsgate_src and not (args.wsgate_src / "wsgate" / "__init__.py").is_file():
+        parser.error(f"--wsgate-src {args.wsgate_src} holds no wsgate package")
     args.targets = [t for t in args.targets.split(",") if t]
     args.extra_generator = [t for t in args.extra_generator.split(",") if t]
     unknown = [t for t in args.targets + args.extra_generator if t not in TARGETS]
@@ -1301,11 +1453,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_prerequisites(args.targets)
+        args.native = build_native_client() if args.client == "c" else None
         fd_limit = raise_fd_limit(max([*args.subscribers, args.idle_connections]) + FD_MARGIN)
     except BenchError as exc:
         print(f"hub_fanout: {exc}", file=sys.stderr)
         return 2
-    info = {**machine(), **peer_versions(), "wsgate": source_version()}  # before pinning narrows our CPUs
+    src = args.wsgate_src or BENCH_DIR.parent / "src"
+    info = {**machine(), **peer_versions(), "wsgate": source_version(src)}  # before pinning narrows our CPUs
     pinned = pin_cpus(args.pin)
     where = f"target on CPU {pinned['target']}, load on CPUs {pinned['load']}" if pinned else "not pinned"
     print(
@@ -1337,10 +1491,12 @@ def main(argv: list[str] | None = None) -> int:
         "idle_connections": args.idle_connections,
         "idle_rounds": min(args.idle_rounds, args.rounds) if args.idle_connections else 0,
         "generators": args.generators,
+        "client": args.client,
         "frame_bytes": frame_bytes(),
         "fd_limit": fd_limit,
         "cpu_pinning": pinned,
         "machine": info,
+        "wsgate_src": str(src),
         "elapsed_s": elapsed,
         "summary": summarise(turns),
         "extra_generator_check": extra_generator_check(turns),
