@@ -25,10 +25,20 @@ test: $(STAMP)
 	$(BIN)/pytest
 	scripts/conformance
 
+# Not part of `make test`: the benchmark suite (docs/performance.md), loopback only, ~10 minutes and at most 15
+# (the hub comparison stops starting turns at 300 s, the gateway's at 570 s). Installs the peers, runs both
+# comparisons, then benchmarks/report.py writes benchmarks/results/<date>.json (git-ignored), the plots in
+# docs/img/ and the generated hub block of docs/performance.md. A failed comparison still gets its report.
+# HUB_ARGS: more hub_fanout.py flags, e.g. HUB_ARGS="--wsgate-src /tmp/other-checkout/src".
 bench: $(STAMP)
 	benchmarks/setup-peers
-	$(BIN)/python benchmarks/hub_fanout.py
-	$(BIN)/python benchmarks/gateway_bench.py
+	@run=$$(date +%Y%m%d-%H%M%S); start=$$(date +%s); status=0; \
+	hub=benchmarks/results/hub_fanout-$$run.json; gateway=benchmarks/results/gateway_bench-$$run.json; \
+	$(BIN)/python benchmarks/hub_fanout.py --time-limit 300 --extra-generator wsgate --json $$hub $(HUB_ARGS) \
+	  || status=1; \
+	$(BIN)/python benchmarks/gateway_bench.py --json $$gateway || status=1; \
+	$(BIN)/python benchmarks/report.py --hub $$hub --gateway $$gateway || status=1; \
+	echo "make bench: $$(( $$(date +%s) - start )) s"; exit $$status
 
 # Not part of `make test`: 10,000 kiosks through the gateway for 10 minutes, pings and a publish a second;
 # RSS and fds must stay flat, nothing missed (benchmarks/soak.py; e.g. make soak ARGS="--minutes 2").

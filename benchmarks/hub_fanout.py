@@ -1017,6 +1017,8 @@ async def measure_burst(
         "target_cpu_us_per_delivery": window["target_cpu_s"] / deliveries * 1e6,
         "target_user_us_per_delivery": window["target_user_s"] / deliveries * 1e6,
         "target_system_us_per_delivery": window["target_system_s"] / deliveries * 1e6,
+        # The subscribers' CPU per delivery (this process's, the publisher's, not counted).
+        "load_us_per_delivery": sum(window["load_cpu_s"][:-1]) / deliveries * 1e6,
         "window": window,
         "verdict": verdict(window, load_cpus),
     }
@@ -1126,6 +1128,7 @@ SUMMARY_FIGURES: list[tuple[str, str, tuple[str, ...], float]] = [
     ("latency_p99_ms", "fanout", ("latency", "last_received_ms", "p99"), 1),
     ("latency_max_ms", "fanout", ("latency", "last_received_ms", "max"), 1),
     ("written_p50_ms", "fanout", ("latency", "all_written_ms", "p50"), 1),
+    ("written_p99_ms", "fanout", ("latency", "all_written_ms", "p99"), 1),
     ("lag_p50_ms", "fanout", ("latency", "last_read_after_written_ms", "p50"), 1),
     ("lag_max_ms", "fanout", ("latency", "last_read_after_written_ms", "max"), 1),
     ("sequential_cpu_us", "fanout", ("latency", "target_cpu_us_per_delivery"), 1),
@@ -1136,6 +1139,7 @@ SUMMARY_FIGURES: list[tuple[str, str, tuple[str, ...], float]] = [
     ("burst_target_busy", "fanout", ("burst", "window", "target_busy"), 1),
     ("burst_target_waiting", "fanout", ("burst", "window", "target_waiting"), 1),
     ("burst_load_cores", "fanout", ("burst", "window", "load_cores"), 1),
+    ("burst_load_us", "fanout", ("burst", "load_us_per_delivery"), 1),
     ("burst_rest_cpus", "fanout", ("burst", "window", "rest_of_machine_cpus"), 1),
     ("empty_publish_cpu_us", "fanout", ("empty_publish", "target_cpu_us_per_publish"), 1),
     ("connect_s", "fanout", ("connect", "seconds"), 1),
