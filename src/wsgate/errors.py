@@ -8,6 +8,7 @@ The tree::
     │   ├── CredentialError  401: no credential, or one that does not verify
     │   └── ForbiddenError   403: Origin not allowed, or a right the credential lacks
     ├── ProtocolError        a peer broke the hub's message protocol; carries the error code to answer
+    ├── FrameError           a peer broke RFC 6455 framing; carries the close code to fail the connection with
     └── HandshakeError       an HTTP upgrade request is not a valid WebSocket handshake; carries the status
 
 Messages never contain a credential: they are safe to log and to send to the peer.
@@ -77,6 +78,20 @@ class ProtocolError(WsgateError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class FrameError(WsgateError):
+    """A WebSocket peer broke RFC 6455 after the handshake (a bad frame, text that is not UTF-8, a message
+    over the size limit). ``code`` is the close code to fail the connection with (1002, 1007, 1009).
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class HandshakeError(WsgateError):
