@@ -34,8 +34,8 @@ bench: $(STAMP)
 	benchmarks/setup-peers
 	@run=$$(date +%Y%m%d-%H%M%S); start=$$(date +%s); status=0; \
 	hub=benchmarks/results/hub_fanout-$$run.json; gateway=benchmarks/results/gateway_bench-$$run.json; \
-	$(BIN)/python benchmarks/hub_fanout.py --time-limit 300 --extra-generator wsgate --json $$hub $(HUB_ARGS) \
-	  || status=1; \
+	$(BIN)/python benchmarks/hub_fanout.py --time-limit 300 --wait-quiet 10 --retries 1 --extra-generator wsgate \
+	  --json $$hub $(HUB_ARGS) || status=1; \
 	$(BIN)/python benchmarks/gateway_bench.py --json $$gateway || status=1; \
 	$(BIN)/python benchmarks/report.py --hub $$hub --gateway $$gateway || status=1; \
 	echo "make bench: $$(( $$(date +%s) - start )) s"; exit $$status

@@ -72,6 +72,7 @@ try:
         meminfo_bytes,
         rss_bytes,
         run_delay,
+        write_calls,
     )
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from procstat import (  # type: ignore[no-redef,import-not-found]
@@ -84,6 +85,7 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
         meminfo_bytes,
         rss_bytes,
         run_delay,
+        write_calls,
     )
 
 HOST = "127.0.0.1"
@@ -867,6 +869,7 @@ class Meter:
         self.started = time.monotonic()
         self.target = cpu_times(target_pid)
         self.target_wait = run_delay(target_pid)
+        self.target_writes = write_calls(target_pid)
         self.load = [cpu_seconds(pid) for pid in self.load_pids]
         self.machine = machine_busy()
 
@@ -883,6 +886,7 @@ class Meter:
             "target_cpu_s": user + system,
             "target_busy": (user + system) / elapsed,
             "target_waiting": (run_delay(self.target_pid) - self.target_wait) / elapsed,
+            "target_write_calls": write_calls(self.target_pid) - self.target_writes,
             "load_cpu_s": load,  # each generator, then this process
             "load_cores": sum(load) / elapsed,
             "rest_of_machine_cpus": (machine_busy() - self.machine - known) / elapsed,
@@ -986,6 +990,7 @@ async def measure_latency(
         "last_read_after_written_ms": {"p50": percentile(lags, 50) * ms, "max": max(lags) * ms},
         "target_cpu_ms_per_publish": window["target_cpu_s"] / count * ms,
         "target_cpu_us_per_delivery": window["target_cpu_s"] / (count * n) * 1e6,
+        "target_writes_per_delivery": window["target_write_calls"] / (count * n),
         "window": window,
         "samples_ms": [round(x * ms, 3) for x in latencies],
     }
@@ -1017,6 +1022,8 @@ async def measure_burst(
         "target_cpu_us_per_delivery": window["target_cpu_s"] / deliveries * 1e6,
         "target_user_us_per_delivery": window["target_user_s"] / deliveries * 1e6,
         "target_system_us_per_delivery": window["target_system_s"] / deliveries * 1e6,
+        # The floor the issue names is one write per subscriber per message: below 1, writes were coalesced.
+        "target_writes_per_delivery": window["target_write_calls"] / deliveries,
         # The subscribers' CPU per delivery (this process's, the publisher's, not counted).
         "load_us_per_delivery": sum(window["load_cpu_s"][:-1]) / deliveries * 1e6,
         "window": window,
@@ -1132,10 +1139,12 @@ SUMMARY_FIGURES: list[tuple[str, str, tuple[str, ...], float]] = [
     ("lag_p50_ms", "fanout", ("latency", "last_read_after_written_ms", "p50"), 1),
     ("lag_max_ms", "fanout", ("latency", "last_read_after_written_ms", "max"), 1),
     ("sequential_cpu_us", "fanout", ("latency", "target_cpu_us_per_delivery"), 1),
+    ("sequential_writes", "fanout", ("latency", "target_writes_per_delivery"), 1),
     ("deliveries_per_s", "fanout", ("burst", "deliveries_per_s"), 1),
     ("burst_cpu_us", "fanout", ("burst", "target_cpu_us_per_delivery"), 1),
     ("burst_user_us", "fanout", ("burst", "target_user_us_per_delivery"), 1),
     ("burst_system_us", "fanout", ("burst", "target_system_us_per_delivery"), 1),
+    ("burst_writes", "fanout", ("burst", "target_writes_per_delivery"), 1),
     ("burst_target_busy", "fanout", ("burst", "window", "target_busy"), 1),
     ("burst_target_waiting", "fanout", ("burst", "window", "target_waiting"), 1),
     ("burst_load_cores", "fanout", ("burst", "window", "load_cores"), 1),
@@ -1323,8 +1332,30 @@ def describe(turn: Turn, result: dict[str, Any]) -> str:
     )
 
 
+def wait_quiet(limit: float) -> float:
+    """Wait, at most ``limit`` seconds, until other processes leave the machine idle (below DISTURBED_CPUS
+    over half a second; this run is idle between turns); the CPUs they used in the last half second."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy, since = machine_busy(), time.monotonic()
+        time.sleep(0.5)
+        others = (machine_busy() - busy) / (time.monotonic() - since)
+        if others < DISTURBED_CPUS or time.monotonic() >= deadline:
+            return others
+
+
+def disturbance(result: dict[str, Any]) -> str | None:
+    """Why a fan-out turn's figures are suspect (another program used ≥ 0.2 CPUs in one of its windows)."""
+    for name in ("latency", "burst"):
+        rest = result.get(name, {}).get("window", {}).get("rest_of_machine_cpus", 0.0)
+        if rest >= DISTURBED_CPUS:
+            return f"{name} window disturbed: the rest of the machine used {rest:.2f} CPUs"
+    return None
+
+
 def run(args: argparse.Namespace, pinned: dict[str, list[int]] | None) -> tuple[list[dict[str, Any]], float]:
-    """Every planned turn that fits in the time limit; a failed turn is recorded and the run goes on."""
+    """Every planned turn that fits in the time limit; a failed turn is recorded and the run goes on, a
+    disturbed one is measured again (``--retries``) and the discarded attempt kept with its reason."""
     started = time.monotonic()
     durations: dict[tuple[str, int], float] = {}
     records: list[dict[str, Any]] = []
@@ -1336,22 +1367,36 @@ def run(args: argparse.Namespace, pinned: dict[str, list[int]] | None) -> tuple[
                 "round": turn.round,
                 "generators": turn.generators,
                 "scenario": turn.scenario,
+                "discarded": [],
             }
             records.append(record)
-            expected = durations.get((turn.scenario, turn.subscribers), 0.0)
-            if time.monotonic() - started + expected > args.time_limit:
-                record["skipped"] = f"the time limit ({args.time_limit:.0f} s) would be exceeded"
-                continue
-            turn_started = time.monotonic()
-            try:
-                record["result"] = run_turn(args, turn, Path(tmp), pinned)
-            except (BenchError, TimeoutError, OSError) as exc:
-                record["error"] = f"{exc.__class__.__name__}: {exc}"
-                print(f"  round {turn.round} {turn.target} {turn.subscribers}: {record['error']}", flush=True)
-                continue
-            took = time.monotonic() - turn_started
-            durations[(turn.scenario, turn.subscribers)] = max(took, expected)
-            print(describe(turn, record["result"]), flush=True)
+            for attempt in range(args.retries + 1):
+                expected = durations.get((turn.scenario, turn.subscribers), 0.0)
+                if time.monotonic() - started + expected > args.time_limit:
+                    why = f"the time limit ({args.time_limit:.0f} s) would be exceeded"
+                    record["retry_skipped" if attempt else "skipped"] = why
+                    break
+                if args.wait_quiet:
+                    record["others_cpus_before"] = wait_quiet(args.wait_quiet)
+                if attempt:
+                    record["discarded"].append(record.pop("result"))
+                turn_started = time.monotonic()
+                try:
+                    record["result"] = run_turn(args, turn, Path(tmp), pinned)
+                except (BenchError, TimeoutError, OSError) as exc:
+                    record["error"] = f"{exc.__class__.__name__}: {exc}"
+                    print(
+                        f"  round {turn.round} {turn.target} {turn.subscribers}: {record['error']}",
+                        flush=True,
+                    )
+                    break
+                durations[(turn.scenario, turn.subscribers)] = max(time.monotonic() - turn_started, expected)
+                print(describe(turn, record["result"]), flush=True)
+                reason = disturbance(record["result"])
+                if reason is None:
+                    break
+                record["result"]["disturbed"] = reason
+                print(f"    {reason}" + (", measuring again" if attempt < args.retries else ""), flush=True)
     return records, time.monotonic() - started
 
 
@@ -1415,6 +1460,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="pin",
         action="store_false",
         help="do not give the target a CPU of its own (by default it gets the first, the load the others)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each turn, wait up to S seconds for other processes to leave the machine idle",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="measure a fan-out turn again, up to this many times, when another program disturbed it",
     )
     parser.add_argument(
         "--time-limit",

@@ -53,6 +53,18 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def write_calls(pid: int) -> int:
+    """Write system calls the process has made so far (``syscw`` of ``/proc/<pid>/io``: write, writev and
+    their kin, which is how uvloop and Node's libuv send on a socket); 0 if the kernel does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("syscw:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def fd_count(pid: int) -> int:
     """Open file descriptors of the process (``/proc/<pid>/fd``): a server holds one per connection."""
     return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())

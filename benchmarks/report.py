@@ -59,9 +59,11 @@ FANOUT_ROWS: list[tuple[str, str, str]] = [
     ),
     ("lag_p50_ms", "… last subscriber's read after that, p50 / max, ms", "{:.2f}"),
     ("sequential_cpu_us", "server CPU per delivery, sequential publishes, µs", "{:.2f}"),
+    ("sequential_writes", "… write system calls per delivery", "{:.2f}"),
     ("deliveries_per_s", "**deliveries/s**, burst (8 publishes in flight)", "{:,.0f}"),
     ("burst_cpu_us", "**server CPU per delivery, burst**, µs", "{:.2f}"),
     ("burst_user_us", "… of which user / system, µs", "{:.2f}"),
+    ("burst_writes", "… write system calls per delivery", "{:.2f}"),
     ("burst_target_busy", "server busy / waiting for a CPU during the burst", "{:.0%}"),
     ("burst_load_cores", "load (subscribers + publisher) during the burst, CPUs", "{:.2f}"),
     ("burst_load_us", "subscribers' CPU per delivery during the burst, µs", "{:.2f}"),
@@ -285,14 +287,12 @@ def gateway_markdown(gateway: dict[str, Any]) -> str:
 # --- plots -------------------------------------------------------------------------------------------------
 
 
-def bar_groups(
-    axis: Any, report: dict[str, Any], key: str, groups: list[str], group_labels: list[str]
-) -> None:
-    """Bars per target within each group (an N), with min–max whiskers."""
+def bar_groups(axis: Any, report: dict[str, Any], groups: list[tuple[str, str, str]]) -> None:
+    """Bars per target within each group — (summary key, N, label) — with min–max whiskers."""
     targets = report["targets"]
     width = 0.8 / len(targets)
     for i, target in enumerate(targets):
-        cells = [cell(report["summary"], key, g, target) for g in groups]
+        cells = [cell(report["summary"], key, n, target) for key, n, _ in groups]
         xs = [j + (i - (len(targets) - 1) / 2) * width for j in range(len(groups))]
         heights = [c["median"] if c else 0 for c in cells]
         errors = [
@@ -302,7 +302,7 @@ def bar_groups(
         axis.bar(
             xs, heights, width, yerr=errors, capsize=3, color=COLOURS.get(target), label=PLOT_LABELS[target]
         )
-    axis.set_xticks(range(len(groups)), group_labels)
+    axis.set_xticks(range(len(groups)), [label for _, _, label in groups])
     axis.grid(axis="y", alpha=0.3)
 
 
@@ -314,16 +314,14 @@ def plot(report: dict[str, Any], img_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     sizes = [str(n) for n in report["subscribers"]]
-    size_labels = [f"{int(n):,} subscribers" for n in sizes]
     img_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    figure, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for axis, key, title in zip(axes, ("latency_p50_ms", "latency_p99_ms"), ("p50", "p99"), strict=True):
-        bar_groups(axis, report, key, sizes, size_labels)
-        axis.set_yscale("log")
-        axis.set_title(f"fan-out latency {title}: publish → last subscriber (ms)", fontsize=9)
-    axes[0].legend(fontsize=8)
+    figure, axes = plt.subplots(1, len(sizes), figsize=(8, 3.2), squeeze=False)
+    for axis, n in zip(axes[0], sizes, strict=True):
+        bar_groups(axis, report, [("latency_p50_ms", n, "p50"), ("latency_p99_ms", n, "p99")])
+        axis.set_title(f"publish → last of {int(n):,} subscribers read it (ms)", fontsize=9)
+    axes[0][0].legend(fontsize=8)
     paths.append(save(figure, img_dir / "hub-latency.png"))
 
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -333,36 +331,23 @@ def plot(report: dict[str, Any], img_dir: Path) -> list[Path]:
         ("burst, 8 in flight", "sequential publishes"),
         strict=True,
     ):
-        bar_groups(axis, report, key, sizes, size_labels)
+        bar_groups(axis, report, [(key, n, f"{int(n):,} subscribers") for n in sizes])
         axis.set_title(f"server CPU per delivery (µs), {title}", fontsize=9)
     axes[0].axhline(3, color="grey", linestyle="--", linewidth=1)
     axes[0].text(-0.45, 3.1, "target 3 µs", fontsize=7, color="grey")
     axes[0].legend(fontsize=8)
     paths.append(save(figure, img_dir / "hub-cpu.png"))
 
-    idle = report.get("idle_connections")
     figure, axis = plt.subplots(figsize=(8, 3.2))
-    memory_keys = [("rss_kib_per_connection", n, f"{int(n):,} (fan-out run)") for n in sizes]
-    if idle:
-        memory_keys.append(("idle_rss_kib_per_connection", str(idle), f"{idle:,} idle"))
-    width = 0.8 / len(report["targets"])
-    for i, target in enumerate(report["targets"]):
-        cells = [cell(report["summary"], key, n, target) for key, n, _ in memory_keys]
-        xs = [j + (i - (len(report["targets"]) - 1) / 2) * width for j in range(len(memory_keys))]
-        axis.bar(
-            xs,
-            [c["median"] if c else 0 for c in cells],
-            width,
-            color=COLOURS.get(target),
-            label=PLOT_LABELS[target],
-        )
-    axis.set_xticks(range(len(memory_keys)), [label for _, _, label in memory_keys])
+    groups = [("rss_kib_per_connection", n, f"{int(n):,} (fan-out turns)") for n in sizes]
+    idle = report.get("idle_connections")
+    if idle and report.get("idle_rounds"):
+        groups.append(("idle_rss_kib_per_connection", str(idle), f"{idle:,} idle"))
+    bar_groups(axis, report, groups)
     axis.axhline(10, color="grey", linestyle="--", linewidth=1)
-    axis.set_title(
-        "server RSS per subscribed connection (KiB; kernel socket buffers not included)", fontsize=9
-    )
-    axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.set_title("server RSS per subscribed connection (KiB; kernel memory not included)", fontsize=9)
+    axis.legend(fontsize=8, loc="upper center", ncol=len(report["targets"]))
+    axis.set_ylim(0, axis.get_ylim()[1] * 1.15)  # room for the legend above the bars
     paths.append(save(figure, img_dir / "hub-memory.png"))
     return paths
 
