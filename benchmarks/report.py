@@ -204,7 +204,8 @@ def machine_lines(report: dict[str, Any]) -> list[str]:
     m = report["machine"]
     pinning = report.get("cpu_pinning")
     where = (
-        f"server on CPU {pinning['target'][0]}, generators and publisher on CPU(s) {pinning['load']}"
+        f"server on CPU {pinning['target'][0]}, subscribers and publisher on CPU "
+        + ", ".join(map(str, pinning["load"]))
         if pinning
         else "not pinned"
     )
