@@ -1,14 +1,17 @@
-"""Validation of a WebSocket opening handshake (RFC 6455 §4.2.1), pure; shared by the hub and the gateway."""
+"""The WebSocket opening handshake (RFC 6455 §4.2), pure: validating the request (shared by the hub and the
+gateway) and the server's 101 answer (the hub's)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping
 
 from wsgate.errors import HandshakeError
 
 WEBSOCKET_VERSION = "13"
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # §1.3
 
 
 def header_tokens(value: str | None) -> set[str]:
@@ -59,3 +62,29 @@ def check_upgrade(method: str, headers: Mapping[str, str]) -> None:
         valid_key = False
     if not valid_key:
         raise HandshakeError(400, "Sec-WebSocket-Key must be 16 random bytes in base64")
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (§4.2.2 item 5.4): base64 of the SHA-1 of the
+    key, as sent, followed by the GUID."""
+    # SHA-1 is what the protocol specifies; it proves the server read the handshake, nothing secret.
+    digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("ascii", "replace"), usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def switching_protocols(key: str, extensions: str | None = None) -> bytes:
+    """The 101 answer to a request :func:`check_upgrade` passed, with no subprotocol selected (§4.2.2).
+
+    ``key`` is the request's ``Sec-WebSocket-Key`` (stripped); ``extensions`` the accepted extension, if any.
+    A client that offered subprotocols gets none back: it then decides whether to go on (§4.1 and the
+    browser API fail only on a protocol the client did not offer).
+    """
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept_key(key)}",
+    ]
+    if extensions is not None:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")

@@ -1,23 +1,31 @@
-"""The hub's HTTP surface (DESIGN.md §4–5): ``/ws``, ``/api/publish``, ``/api/presence``, ``/healthz``,
-``/metrics``. Handlers translate between aiohttp and :class:`~wsgate.hub.core.Hub`; decisions live there."""
+"""The hub's HTTP surface (DESIGN.md §4-5): ``/ws``, ``/api/publish``, ``/api/presence``, ``/healthz``,
+``/metrics``. Handlers translate between aiohttp and :class:`~wsgate.hub.core.Hub`; decisions live there.
+
+WebSocket upgrades do not go through aiohttp: :class:`HubUpgrades` claims ``/ws`` (and ``/echo``) at the
+listener's front (:mod:`wsgate.front`), which hands their connections to :mod:`wsgate.hub.websocket` and
+:mod:`wsgate.hub.echo` with the request head. The aiohttp routes for those paths only catch what the front
+cannot see (a request after another on a kept-alive connection, a percent-encoded path) and give it to the
+same acceptor (:func:`~wsgate.front.take_over`); every method reaches them, so a POST to ``/ws`` is told it is
+not an upgrade (426), not just 405.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from wsgate.errors import AuthError, HandshakeError, ProtocolError
+from wsgate.errors import AuthError, ProtocolError
+from wsgate.front import Acceptor, OnEnd, take_over
+from wsgate.http_head import RequestHead
 from wsgate.http_server import handshake_guard
-from wsgate.hub import idempotency, protocol
-from wsgate.hub.core import CLOSE_GRACE, Draining, Hub, Overloaded
+from wsgate.hub import echo, idempotency, protocol, websocket
+from wsgate.hub.core import Hub
 from wsgate.hub.echo import EchoEndpoint
 from wsgate.hub.metrics import CONTENT_TYPE_LATEST
-
-access_log = logging.getLogger("wsgate.access")
+from wsgate.hub.websocket import WebSocketEndpoint
 
 HUB = web.AppKey("hub", Hub)
 
@@ -25,105 +33,51 @@ HUB = web.AppKey("hub", Hub)
 ENVELOPE_ALLOWANCE = 4096
 
 
-def build_app(hub: Hub) -> web.Application:
+class HubUpgrades:
+    """The listener's upgrade handler (:class:`~wsgate.front.UpgradeHandler`): ``/ws``, and ``/echo`` when
+    ``[hub] echo = true`` (test-only)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.websocket = WebSocketEndpoint(hub)
+        self.echo = EchoEndpoint(hub) if hub.config.echo else None
+        self._paths: dict[str, Acceptor] = {websocket.PATH: self.websocket}
+        if self.echo is not None:
+            self._paths[echo.PATH] = self.echo
+
+    def claims(self, path: str) -> bool:
+        return path in self._paths
+
+    def accept(
+        self, head: RequestHead, transport: asyncio.Transport, data: bytes, on_end: OnEnd | None
+    ) -> None:
+        self._paths[head.path].accept(head, transport, data, on_end)
+
+
+def build_app(hub: Hub, upgrades: HubUpgrades) -> web.Application:
     app = web.Application(
         middlewares=[handshake_guard],
         client_max_size=_max_body(hub),
     )
     app[HUB] = hub
-    # Every method reaches the handler, so a POST to /ws is told it is not an upgrade (426), not just 405.
-    app.router.add_route("*", "/ws", websocket)
+    app.router.add_route("*", websocket.PATH, _taken_over(upgrades.websocket))
     app.router.add_post("/api/publish", publish)
     app.router.add_get("/api/presence", presence)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    if hub.config.echo:  # test-only: [hub] echo = true for the Autobahn suite (wsgate.hub.echo)
-        EchoEndpoint(hub).mount(app)
+    if upgrades.echo is not None:  # test-only: [hub] echo = true for the Autobahn suite (wsgate.hub.echo)
+        app.router.add_route("*", echo.PATH, _taken_over(upgrades.echo))
     return app
+
+
+def _taken_over(acceptor: Acceptor) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await take_over(request, acceptor)
+
+    return handle
 
 
 def _max_body(hub: Hub) -> int:
     return hub.config.limits.max_message + ENVELOPE_ALLOWANCE
-
-
-def _refuse(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    # A plain one-line reason: never the request's headers, query or credential.
-    return web.Response(status=status, text=message + "\n", headers=headers)
-
-
-def _peer(request: web.Request) -> str:
-    return request.remote or "-"
-
-
-async def websocket(request: web.Request) -> web.StreamResponse:
-    hub = request.app[HUB]
-    try:
-        grant = hub.admit(request.method, request.headers)
-    except HandshakeError as exc:
-        return _rejected(
-            hub,
-            request,
-            exc.status,
-            "not_websocket" if exc.status == 426 else "bad_handshake",
-            exc.message,
-            exc.headers,
-        )
-    except AuthError as exc:
-        return _rejected(hub, request, exc.status, exc.reason, exc.message)
-    except Overloaded as exc:
-        return _rejected(hub, request, 429, "too_many_connections", str(exc), {"Retry-After": "5"})
-    except Draining as exc:
-        return _rejected(hub, request, 503, "draining", str(exc))
-
-    limits = hub.config.limits
-    ws = web.WebSocketResponse(
-        # No permessage-deflate: hub messages are small events, compression would cost CPU per subscriber
-        # (frames could no longer be encoded once) and open the door to decompression bombs.
-        compress=False,
-        max_msg_size=limits.max_message,
-        heartbeat=limits.ping_interval,
-        timeout=CLOSE_GRACE,
-        decode_text=False,
-        autoclose=False,  # Hub.run_session answers close frames (close_reply_code)
-    )
-    hub.reserve_handshake()
-    try:
-        await ws.prepare(request)
-    finally:
-        hub.release_handshake()
-    transport = request.transport
-    assert transport is not None  # prepare() succeeded, so the connection is open
-    session = hub.open_session(ws, transport, grant)
-    access_log.info("ws open id=%s subject=%s peer=%s", session.id, grant.subject, _peer(request))
-    try:
-        await hub.run_session(session)
-    finally:
-        # A close we started records its own code; otherwise aiohttp's (the peer's, or 1006).
-        code = session.close_code or ws.close_code
-        reason = session.close_reason or ("too large" if code == 1009 else "")
-        hub.metrics.disconnects.labels(str(code)).inc()
-        access_log.info(
-            "ws close id=%s subject=%s code=%s reason=%s duration=%.1fs",
-            session.id,
-            grant.subject,
-            code,
-            reason or "-",
-            time.monotonic() - session.opened,
-        )
-    return ws
-
-
-def _rejected(
-    hub: Hub,
-    request: web.Request,
-    status: int,
-    reason: str,
-    message: str,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    hub.reject(reason)
-    access_log.info("ws reject status=%d reason=%s peer=%s", status, reason, _peer(request))
-    return _refuse(status, message, headers)
 
 
 def _api_error(status: int, code: str, message: str) -> web.Response:

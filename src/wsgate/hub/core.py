@@ -1,21 +1,18 @@
-"""The hub's state machine: admission, subscriptions with recovery, publishing and fan-out.
+"""The hub's state machine: admission, sessions, subscriptions with recovery, publishing and fan-out.
 
-Nothing here parses HTTP. The aiohttp layer (:mod:`wsgate.hub.app`) calls :meth:`Hub.admit` with the
-request's headers, accepts the WebSocket, and hands it to :meth:`Hub.open_session` and
-:meth:`Hub.run_session`, which reads client messages through the :class:`Session` and acts on them in order.
+Nothing here parses HTTP or WebSocket frames. The ``/ws`` endpoint (:mod:`wsgate.hub.websocket`) calls
+:meth:`Hub.admit` with the request's headers, writes the 101 and registers the :class:`Session`
+(:meth:`Hub.open_session`); the session hands each client message to :meth:`Hub.run_command`, one at a time,
+and reports its end (:meth:`Hub.session_closed`, then :meth:`Hub.end_session`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
-from collections.abc import Mapping
-from datetime import UTC, datetime
-
-from aiohttp import WSMsgType, web
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import Grant, PublishCredentials, TokenVerifier, credential_from_headers
@@ -25,37 +22,25 @@ from wsgate.handshake import check_upgrade, single_header
 from wsgate.hub import protocol
 from wsgate.hub.broker import Broker, create_broker
 from wsgate.hub.broker.base import PresenceEntry, Published
-from wsgate.hub.frames import close_reply_code, server_frame
+from wsgate.hub.eager import start_eagerly
+from wsgate.hub.frames import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    MESSAGE_TOO_BIG,
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    server_frame,
+)
 from wsgate.hub.idempotency import MIN_WINDOW, IdempotencyStore
+from wsgate.hub.keepalive import Keepalive
 from wsgate.hub.metrics import HubMetrics
 from wsgate.hub.session import Session
 
 log = logging.getLogger("wsgate.hub")
+access_log = logging.getLogger("wsgate.access")
 
-# Close codes (RFC 6455 §7.4.1, IANA registry).
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
-INVALID_PAYLOAD = 1007
-TRY_AGAIN_LATER = 1013
-
-# A close handshake with a peer that does not answer must not hold a slot forever.
-CLOSE_GRACE = 2.0
-# How long a closed connection's unread output (at most limits.send_queue) may wait for the peer to read it.
-UNREAD_GRACE = 10.0
-
-
-def _strict_utf8(data: bytes | str) -> str | None:
-    """A text message's payload as ``str``, or ``None`` when it is not valid UTF-8.
-
-    aiohttp hands text payloads over undecoded (``decode_text=False``), and ``json.loads`` on bytes would
-    guess UTF-16/32 from NUL bytes and let encoded surrogates through: decode strictly here instead.
-    """
-    if isinstance(data, str):
-        return data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+# How long closing the hub waits for its short tasks (ends of sessions) before cancelling them.
+CLOSE_WAIT = 5.0
 
 
 class Overloaded(WsgateError):
@@ -91,7 +76,7 @@ class Hub:
         self.idempotency = IdempotencyStore(window=max(config.history.ttl, MIN_WINDOW))
         self.draining = False
         self.sessions: dict[str, Session] = {}
-        self._handshakes = 0
+        self._reserved = 0  # connection slots held by other than sessions
         # channel -> session id -> session, for sessions that receive live messages.
         self._live: dict[str, dict[str, Session]] = {}
         # channel -> session id -> buffered (offset, frame) while that session's recovery is being read.
@@ -100,12 +85,34 @@ class Hub:
         self._outbox: dict[str, list[bytes]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        # Pings and pong deadlines for every connection (sessions and echo connections), one timer in all.
+        self.keepalive = Keepalive(config.limits.ping_interval)
+        # Short tasks: commands that wait for the broker, and the ends of sessions.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.broker.start(self.deliver)
+        self.keepalive.start()
 
     async def close(self) -> None:
+        self.keepalive.stop()
+        if self._tasks:
+            # Ends of sessions unsubscribing; commands still waiting for the broker are cut short.
+            _, late = await asyncio.wait(set(self._tasks), timeout=CLOSE_WAIT)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         await self.broker.close()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._track(task)
+        return task
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- admission -------------------------------------------------------------------------------------
 
@@ -127,42 +134,55 @@ class Hub:
         if self.draining:
             raise Draining("the hub is shutting down; reconnect to another node")
         check_upgrade(method, headers)
-        if len(self.sessions) + self._handshakes >= self.config.limits.max_connections:
+        if len(self.sessions) + self._reserved >= self.config.limits.max_connections:
             raise Overloaded("too many connections; retry later")
         self.origins.check(single_header(headers, "Origin"))
 
-    def reserve_handshake(self) -> None:
-        self._handshakes += 1
+    def reserve_slot(self) -> None:
+        """Count a connection that is not a session against ``limits.max_connections`` (``/echo``)."""
+        self._reserved += 1
 
-    def release_handshake(self) -> None:
-        self._handshakes -= 1
+    def release_slot(self) -> None:
+        self._reserved -= 1
 
     def reject(self, reason: str) -> None:
         self.metrics.rejections.labels(reason).inc()
 
     # --- sessions --------------------------------------------------------------------------------------
 
-    def open_session(self, ws: web.WebSocketResponse, transport: asyncio.Transport, grant: Grant) -> Session:
-        session = Session(
-            session_id=secrets.token_urlsafe(9),
-            grant=grant,
-            ws=ws,
-            transport=transport,
-            send_limit=self.config.limits.send_queue,
-            connected_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            opened=time.monotonic(),
-            on_overflow=self._on_overflow,
-        )
+    def open_session(self, session: Session) -> None:
+        """Count a session whose 101 is written: it may now subscribe, and it will be pinged."""
         self.sessions[session.id] = session
         self._idle.clear()
         self.metrics.connections.inc()
-        if grant.expires_at is not None:
+        self.keepalive.add(session)
+        expires_at = session.grant.expires_at
+        if expires_at is not None:
             # A signed token's lifetime bounds the connection it opened (DESIGN.md §4: 1008 on expiry).
-            delay = max(0.0, grant.expires_at - time.time())
+            delay = max(0.0, expires_at - time.time())
             session.expiry = asyncio.get_running_loop().call_later(
                 delay, self.close_session_soon, session, POLICY_VIOLATION, "token expired"
             )
-        return session
+
+    def session_closed(self, session: Session) -> None:
+        """A session's connection has ended or is being closed by us: no more pings; log how it ended."""
+        self.keepalive.discard(session)
+        if session.expiry is not None:
+            session.expiry.cancel()
+        code = session.close_code
+        reason = session.close_reason or ("too large" if code == MESSAGE_TOO_BIG else "")
+        self.metrics.disconnects.labels(str(code)).inc()
+        access_log.info(
+            "ws close id=%s subject=%s code=%s reason=%s duration=%.1fs",
+            session.id,
+            session.grant.subject,
+            code,
+            reason or "-",
+            time.monotonic() - session.opened,
+        )
+
+    def end_session_soon(self, session: Session) -> None:
+        self._spawn(self.end_session(session))
 
     async def end_session(self, session: Session) -> None:
         """Forget a session whose connection has closed: its subscriptions, presence and slot."""
@@ -177,64 +197,32 @@ class Hub:
         if not self.sessions:
             self._idle.set()
 
-    def _on_overflow(self, session: Session) -> None:
+    def slow_consumer(self, session: Session) -> None:
         self.metrics.slow_consumers.inc()
         self.close_session_soon(session, TRY_AGAIN_LATER, "slow consumer")
 
     def close_session_soon(self, session: Session, code: int, reason: str) -> None:
-        """Ask a session's own task to close it (from timers, fan-out and shutdown).
+        """Close a session with ``code`` (from timers, fan-out and shutdown): its close frame goes out behind
+        what it was already sent, and the connection ends with the peer's answer or after a grace period."""
+        session.close(code, reason)
 
-        The close handshake runs in the session's task so that it can wait for the peer's close frame
-        before the TCP connection goes (RFC 6455 §7.1.1); closing from another task would cut it short.
-        """
-        if session.close_code is not None:
-            return
-        session.closing = True
-        session.close_code = code
-        session.close_reason = reason
-        session.wake()
+    def run_command(self, session: Session, text: str) -> asyncio.Task[None] | None:
+        """Handle one client message, at once (:func:`~wsgate.hub.eager.start_eagerly`). If it has to wait,
+        the task that finishes it is returned and tells the session when it is done
+        (``Session.command_done``); the session reads nothing else meanwhile."""
+        task = start_eagerly(self._command(session, text))
+        if task is not None:
+            self._track(task)
+            task.add_done_callback(lambda _: session.command_done())
+        return task
 
-    async def run_session(self, session: Session) -> None:
-        """The session's task: read client messages until the connection ends or a close is requested."""
-        ws = session.ws
+    async def _command(self, session: Session, text: str) -> None:
         try:
-            while session.close_code is None:
-                message = await session.receive()
-                if message is None:  # woken to close
-                    break
-                if message.type is WSMsgType.TEXT:
-                    text = _strict_utf8(message.data)
-                    if text is None:
-                        # RFC 6455 §8.1: a text message that is not UTF-8 fails the connection (1007).
-                        self.close_session_soon(session, INVALID_PAYLOAD, "text message is not UTF-8")
-                        break
-                    await self.handle_message(session, text)
-                elif message.type is WSMsgType.BINARY:
-                    session.send_error(
-                        "bad_request", "binary frames are not part of the protocol; send JSON text"
-                    )
-                elif message.type is WSMsgType.CLOSE:
-                    # Answered here, not by aiohttp (autoclose=False), which would answer a 1006 with 1000.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(2 * CLOSE_GRACE):
-                            await ws.close(code=close_reply_code(message.data))
-                    break
-                else:  # CLOSING, CLOSED, ERROR: aiohttp has answered the peer already
-                    break
-            if session.close_code is not None and not ws.closed:
-                try:
-                    # aiohttp bounds the wait for the peer's close frame , not the write before it.
-                    async with asyncio.timeout(2 * CLOSE_GRACE):
-                        await ws.close(code=session.close_code, message=session.close_reason.encode())
-                except TimeoutError:
-                    pass  # a peer that does not read holds our close frame behind its unread messages
-        finally:
-            transport = session.transport
-            if not transport.is_closing():
-                transport.close()
-            # Unread output (at most limits.send_queue) may wait a little for the peer; then it goes.
-            asyncio.get_running_loop().call_later(UNREAD_GRACE, transport.abort)  # no-op once closed
-            await self.end_session(session)
+            await self.handle_message(session, text)
+        except Exception:
+            # A broker that fails (Redis gone) must not leave the client hanging: say so with 1011.
+            log.exception("error handling a message on connection %s", session.id)
+            session.close(INTERNAL_ERROR, "internal error")
 
     # --- client messages -------------------------------------------------------------------------------
 
@@ -296,6 +284,8 @@ class Hub:
     async def unsubscribe(self, session: Session, channel: str) -> None:
         if channel not in session.channels:
             raise ProtocolError(f"not subscribed to {channel}")
+        # Frames published before the unsubscribe, still in the outbox, are the client's: write them now.
+        self._flush(channel)
         await self._unsubscribe(session, channel)
 
     async def _unsubscribe(self, session: Session, channel: str) -> None:
@@ -376,4 +366,4 @@ class Hub:
             late = list(self.sessions.values())
             log.warning("%d connection(s) did not close within %.1fs; dropping them", len(late), deadline)
             for session in late:
-                session.transport.abort()
+                session.abort()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from wsgate.config import HubConfig
 from wsgate.http_server import Listener
-from wsgate.hub.app import build_app
+from wsgate.hub.app import HubUpgrades, build_app
 from wsgate.hub.broker import Broker
 from wsgate.hub.core import Hub
 
@@ -20,12 +21,14 @@ class HubServer:
         self.config = config
         self.hub = Hub(config, broker=broker)
         self._stopped = False
+        self.upgrades = HubUpgrades(self.hub)
         self.listener = Listener(
-            build_app(self.hub),
+            build_app(self.hub, self.upgrades),
             host=config.listen.host,
             port=config.listen.port,
             handshake_timeout=config.limits.handshake_timeout,
             shutdown_timeout=config.limits.shutdown_timeout,
+            upgrades=self.upgrades,
         )
 
     @property
@@ -58,7 +61,12 @@ class HubServer:
         if self._stopped:
             return
         self._stopped = True
-        await self.hub.drain(self.config.limits.shutdown_timeout)
+        deadline = self.config.limits.shutdown_timeout
+        echo = self.upgrades.echo
+        if echo is None:
+            await self.hub.drain(deadline)
+        else:
+            await asyncio.gather(self.hub.drain(deadline), echo.drain(deadline))
         await self.listener.close()
         await self.hub.close()
         log.info("hub stopped")
