@@ -55,7 +55,8 @@ conformance: $(STAMP)
 # Coverage-guided fuzzing (atheris/libFuzzer) of the parsers of untrusted bytes (tests/fuzz/fuzz_wsgate.py); not
 # part of `make test`. FUZZ_TIME seconds per target; corpora and any crash-* inputs land in build/fuzz/TARGET/.
 FUZZ_TIME    ?= 30
-FUZZ_TARGETS ?= hub_message upgrade credential token origin response_head framing static_path interpolation
+FUZZ_TARGETS ?= hub_message upgrade credential token origin response_head framing static_path interpolation \
+                client_frames request_head
 .PHONY: fuzz
 fuzz: $(STAMP)
 	$(BIN)/python -m pip install --quiet atheris

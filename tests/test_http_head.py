@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgate.errors import HandshakeError
+from wsgate.front import response_bytes
 from wsgate.http_head import MAX_FIELDS, MAX_LINE, parse_request_head, request_path
 
 GOOD = (
@@ -86,3 +87,13 @@ def test_any_bytes_either_parse_or_are_refused_with_400_or_431(raw: bytes) -> No
         assert not set(value) & {"\r", "\n", "\x00"}
         assert name
         assert ":" not in name
+
+
+def test_a_refusal_has_one_connection_header_that_ends_the_connection() -> None:
+    answer = response_bytes(426, "send an upgrade", {"Upgrade": "websocket", "Connection": "Upgrade"})
+    head = answer.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"HTTP/1.1 426 Upgrade Required"
+    connection = [line for line in head if line.lower().startswith(b"connection:")]
+    assert connection == [b"Connection: Upgrade, close"]
+    assert b"Upgrade: websocket" in head
+    assert answer.endswith(b"\r\n\r\nsend an upgrade\n")

@@ -68,12 +68,18 @@ def response_bytes(status: int, message: str, headers: Mapping[str, str] | None 
     except ValueError:
         phrase = "Error"
     body = (message + "\n").encode()
+    extra = {name: value for name, value in (headers or {}).items() if name.lower() != "connection"}
+    # One Connection header: a 426 names Upgrade in it (RFC 9110 §15.5.22), and every answer here ends the
+    # connection.
+    connection = ", ".join(
+        [*(value for name, value in (headers or {}).items() if name.lower() == "connection"), "close"]
+    )
     lines = [
         f"HTTP/1.1 {status} {phrase}",
         "Content-Type: text/plain; charset=utf-8",
         f"Content-Length: {len(body)}",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+        f"Connection: {connection}",
+        *(f"{name}: {value}" for name, value in extra.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 

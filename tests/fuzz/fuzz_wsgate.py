@@ -30,6 +30,8 @@ with atheris.instrument_imports():
     from wsgate.gateway.static import resolve
     from wsgate.gateway.upgrade import ResponseHeadParser, UpstreamProtocolError
     from wsgate.handshake import check_upgrade
+    from wsgate.http_head import parse_request_head
+    from wsgate.hub.frame_reader import Close, Failure, FrameReader
     from wsgate.hub.protocol import decode_command
     from wsgate.secret import Secret
 
@@ -107,6 +109,31 @@ def framing(raw: bytes) -> None:
         _require(exc.status == 400, f"status {exc.status}")
 
 
+def client_frames(raw: bytes) -> None:
+    # Split the bytes where the input says, so that frames also arrive in pieces.
+    data = atheris.FuzzedDataProvider(raw)
+    reader = FrameReader(max_message=4096)
+    while data.remaining_bytes():
+        reader.feed(data.ConsumeBytes(data.ConsumeIntInRange(1, 64)))
+        while (event := reader.next_event()) is not None:
+            if isinstance(event, Failure):
+                _require(event.code in (1002, 1007, 1009), f"close code {event.code}")
+            if isinstance(event, (Close, Failure)):
+                _require(reader.next_event() is None, "an event after the end")
+                return
+
+
+def request_head(raw: bytes) -> None:
+    try:
+        head = parse_request_head(raw + b"\r\n\r\n")
+    except HandshakeError as exc:
+        _require(exc.status in (400, 431), f"status {exc.status}")
+    else:
+        for name, value in head.fields:
+            _require(not set(value) & {"\r", "\n", "\x00"}, "a control character in a value")
+            _require(name and ":" not in name, "a malformed name")
+
+
 ROOT = Path(tempfile.mkdtemp(prefix="wsgate-fuzz-"))
 (ROOT / "index.html").write_text("<h1>fuzz</h1>")
 (ROOT / "sub").mkdir()
@@ -140,6 +167,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "framing": framing,
     "static_path": static_path,
     "interpolation": interpolation,
+    "client_frames": client_frames,
+    "request_head": request_head,
 }
 
 

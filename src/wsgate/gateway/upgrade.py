@@ -36,8 +36,6 @@ octets round-trip unchanged.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -50,13 +48,18 @@ from multidict import CIMultiDict
 from wsgate.config import Route
 from wsgate.errors import WsgateError
 from wsgate.gateway.forwarded import forwarded_element, forwarded_for
-from wsgate.handshake import WEBSOCKET_VERSION, check_upgrade, header_tokens, single_header
+from wsgate.handshake import (
+    WEBSOCKET_VERSION,
+    accept_key,
+    check_upgrade,
+    header_tokens,
+    single_header,
+)
 
 __all__ = [
     "MAX_HEADERS",
     "MAX_HEAD_SIZE",
     "MAX_SUBJECT_LENGTH",
-    "WEBSOCKET_GUID",
     "ClientRequest",
     "HeaderInjectionError",
     "ResponseHead",
@@ -85,8 +88,6 @@ MAX_HEADERS: Final = 100
 # A subject taken from the query: the bound and the characters of the hub's channel names (hub/protocol.py),
 # so a kiosk id can name its channel ("kiosk:7"); nothing that needs escaping in a log line or a JWT.
 MAX_SUBJECT_LENGTH: Final = 200
-# RFC 6455 §1.3 / §4.2.2 item 5.4: the GUID appended to Sec-WebSocket-Key before hashing.
-WEBSOCKET_GUID: Final = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443, "http": 80, "https": 443}
 _SECURE_SCHEMES: Final = frozenset({"wss", "https"})
@@ -593,14 +594,6 @@ def _parse_response_head(raw: bytes) -> ResponseHead:
         headers.append((name.decode("ascii"), value.decode("latin-1")))
     reason = (match[3] or b"").decode("latin-1")
     return ResponseHead(status, reason, tuple(headers), http_version=f"1.{match[1].decode()}")
-
-
-def accept_key(key: str) -> str:
-    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2 item 5.4): base64 of the SHA-1
-    of the key, as sent, followed by the GUID."""
-    # SHA-1 is what the protocol specifies; it proves the server read the handshake, nothing secret.
-    digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("ascii", "replace"), usedforsecurity=False).digest()
-    return base64.b64encode(digest).decode("ascii")
 
 
 def check_switching_protocols(
