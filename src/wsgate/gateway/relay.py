@@ -36,6 +36,23 @@ class Tunnel:
     cancelled if the tunnel ends first (the client left, shutdown).
     """
 
+    # Thousands of idle tunnels are the common case: every per-tunnel byte counts (docs/performance.md).
+    __slots__ = (
+        "_idle_timeout",
+        "_last_activity",
+        "_max_lifetime",
+        "_timers",
+        "bytes_down",
+        "bytes_up",
+        "client",
+        "done",
+        "loop",
+        "opening",
+        "started",
+        "upstream",
+        "upstream_url",
+    )
+
     def __init__(
         self,
         client: asyncio.Transport,
@@ -55,7 +72,7 @@ class Tunnel:
         self._last_activity = self.started
         self._idle_timeout = idle_timeout
         self._max_lifetime = max_lifetime
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: list[asyncio.TimerHandle] | None = None
 
     @property
     def joined(self) -> bool:
@@ -69,9 +86,14 @@ class Tunnel:
             transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         self.started = self._last_activity = time.monotonic()
         if self._max_lifetime is not None:
-            self._timers.append(self.loop.call_later(self._max_lifetime, self.close, "max_lifetime"))
+            self._add_timer(self.loop.call_later(self._max_lifetime, self.close, "max_lifetime"))
         if self._idle_timeout is not None:
-            self._timers.append(self.loop.call_later(self._idle_timeout, self._check_idle))
+            self._add_timer(self.loop.call_later(self._idle_timeout, self._check_idle))
+
+    def _add_timer(self, timer: asyncio.TimerHandle) -> None:
+        if self._timers is None:
+            self._timers = []
+        self._timers.append(timer)
 
     def to_upstream(self, data: bytes) -> None:
         if self.upstream is not None and not self.done.done():
@@ -90,7 +112,7 @@ class Tunnel:
         if self.done.done():
             return
         self.done.set_result(reason)
-        for timer in self._timers:
+        for timer in self._timers or ():
             timer.cancel()
         if self.opening is not None:
             self.opening.cancel()
@@ -114,13 +136,18 @@ class Tunnel:
         if quiet >= self._idle_timeout:
             self.close("idle_timeout")
         else:
-            self._timers.append(self.loop.call_later(self._idle_timeout - quiet, self._check_idle))
+            self._add_timer(self.loop.call_later(self._idle_timeout - quiet, self._check_idle))
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Side(asyncio.Protocol):
     """One end of a tunnel. ``forward`` sends what this side receives to the other; ``peer`` is the other
     side's transport, whose reading pauses while this side's write buffer is full."""
 
+    __slots__ = ("tunnel",)
     name = "side"
 
     def __init__(self, tunnel: Tunnel) -> None:
@@ -156,6 +183,7 @@ class ClientSide(_Side):
     ``on_end``, when given, learns of the end of the connection (:func:`wsgate.front.take_over`).
     """
 
+    __slots__ = ("_held", "on_end")
     name = "client"
 
     def __init__(self, tunnel: Tunnel, on_end: Callable[[BaseException | None], None] | None = None) -> None:
@@ -201,6 +229,7 @@ class UpstreamSide(_Side):
     ``on_head_data`` (which returns true once the head is complete), then holds whatever follows (the first
     frames may come right behind the 101) until :meth:`relay`, then relays."""
 
+    __slots__ = ("_held", "_on_head_data", "_on_lost", "lost", "transport")
     name = "upstream"
 
     def __init__(
@@ -223,6 +252,7 @@ class UpstreamSide(_Side):
         """Start relaying (the tunnel must be joined); returns the bytes held since the head, to send."""
         held = bytes(self._held or b"")
         self._on_head_data = None
+        self._on_lost = _nothing  # the handshake's callback holds its future and the response head
         self._held = None
         return held
 
