@@ -322,7 +322,7 @@ def plot(report: dict[str, Any], img_dir: Path) -> list[Path]:
     for axis, n in zip(axes[0], sizes, strict=True):
         bar_groups(axis, report, [("latency_p50_ms", n, "p50"), ("latency_p99_ms", n, "p99")])
         axis.set_title(f"publish → last of {int(n):,} subscribers read it (ms)", fontsize=9)
-    axes[0][0].legend(fontsize=8)
+    legend_on_top(axes[0][0], report)
     paths.append(save(figure, img_dir / "hub-latency.png"))
 
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -336,7 +336,7 @@ def plot(report: dict[str, Any], img_dir: Path) -> list[Path]:
         axis.set_title(f"server CPU per delivery (µs), {title}", fontsize=9)
     axes[0].axhline(3, color="grey", linestyle="--", linewidth=1)
     axes[0].text(-0.45, 3.1, "target 3 µs", fontsize=7, color="grey")
-    axes[0].legend(fontsize=8)
+    legend_on_top(axes[0], report)
     paths.append(save(figure, img_dir / "hub-cpu.png"))
 
     figure, axis = plt.subplots(figsize=(8, 3.2))
@@ -347,10 +347,15 @@ def plot(report: dict[str, Any], img_dir: Path) -> list[Path]:
     bar_groups(axis, report, groups)
     axis.axhline(10, color="grey", linestyle="--", linewidth=1)
     axis.set_title("server RSS per subscribed connection (KiB; kernel memory not included)", fontsize=9)
-    axis.legend(fontsize=8, loc="upper center", ncol=len(report["targets"]))
-    axis.set_ylim(0, axis.get_ylim()[1] * 1.15)  # room for the legend above the bars
+    legend_on_top(axis, report)
     paths.append(save(figure, img_dir / "hub-memory.png"))
     return paths
+
+
+def legend_on_top(axis: Any, report: dict[str, Any]) -> None:
+    """The legend in one row above the bars, with the y axis stretched to make room for it."""
+    axis.legend(fontsize=7, loc="upper center", ncol=len(report["targets"]))
+    axis.set_ylim(0, axis.get_ylim()[1] * 1.2)
 
 
 def save(figure: Any, path: Path) -> Path:
