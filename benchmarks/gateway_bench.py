@@ -1699,7 +1699,7 @@ async def measure(args: argparse.Namespace, run: Run, pinned: dict[str, list[int
                 result = await run_target(bench, target)
                 durations.append(time.monotonic() - step)
                 result.update(round=round_index + 1, attempt=attempt + 1, others_cpus_before=others)
-                disturbed = [s for s in SCENARIOS if result[s]["verdict"] == "disturbed"]
+                disturbed = [s for s in SCENARIOS if s in result and result[s]["verdict"] == "disturbed"]
                 print(
                     f"round {round_index + 1}/{args.rounds} {target.label:<12} {durations[-1]:5.1f} s"
                     f"  {result['echo']['round_trips_per_s']:8,.0f} rt/s  "
