@@ -37,12 +37,16 @@ TARGET_LABELS = {
 }
 PLOT_LABELS = {
     "wsgate": "wsgate",
+    "nginx": "nginx",
+    "hpm": "express + HPM",
     "node-ws": "Node ws",
     "node-ws-preframed": "Node ws pre-framed",
     "py-websockets": "py websockets",
 }
 COLOURS = {
     "wsgate": "#2b6cb0",
+    "nginx": "#718096",
+    "hpm": "#d69e2e",
     "node-ws": "#dd6b20",
     "node-ws-preframed": "#f6ad55",
     "py-websockets": "#38a169",
@@ -352,6 +356,46 @@ def plot(report: dict[str, Any], img_dir: Path) -> list[Path]:
     return paths
 
 
+# Panels of the gateway plot: (summary key, title, target line for wsgate or None).
+GATEWAY_PANELS: list[tuple[str, str, float | None]] = [
+    ("echo_cpu", "proxy CPU per relayed message (µs)", None),
+    ("hs_conc_cpu", "proxy CPU per handshake, 20 concurrent (µs)", None),
+    ("idle_kib", "memory per idle tunnel (KiB)", 4.0),
+]
+
+
+def plot_gateway(gateway: dict[str, Any], img_dir: Path) -> Path:
+    """One PNG of the gateway benchmark's per-unit costs, for the proxies (the direct target has none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    proxies = [t for t in gateway["targets"] if t != "direct"]
+    img_dir.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, len(GATEWAY_PANELS), figsize=(9, 3.2))
+    for axis, (key, title, target_line) in zip(axes, GATEWAY_PANELS, strict=True):
+        cells = [gateway["summary"].get(key, {}).get(proxy) for proxy in proxies]
+        heights = [c["median"] if c else 0 for c in cells]
+        errors = [
+            [c["median"] - c["min"] if c else 0 for c in cells],
+            [c["max"] - c["median"] if c else 0 for c in cells],
+        ]
+        axis.bar(
+            range(len(proxies)),
+            heights,
+            yerr=errors,
+            capsize=3,
+            color=[COLOURS.get(proxy) for proxy in proxies],
+        )
+        axis.set_xticks(range(len(proxies)), [PLOT_LABELS.get(proxy, proxy) for proxy in proxies], fontsize=8)
+        axis.set_title(title, fontsize=9)
+        axis.grid(axis="y", alpha=0.3)
+        if target_line is not None:
+            axis.axhline(target_line, color="grey", linestyle="--", linewidth=1)
+    return save(figure, img_dir / "gateway-costs.png")
+
+
 def legend_on_top(axis: Any, report: dict[str, Any]) -> None:
     """The legend in one row above the bars, with the y axis stretched to make room for it."""
     axis.legend(fontsize=7, loc="upper center", ncol=len(report["targets"]))
@@ -406,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plots = [] if args.no_docs else plot(hub, args.img)
     markdown = hub_markdown(hub, plots)
+    if gateway and not args.no_docs:
+        plots.append(plot_gateway(gateway, args.img))  # linked from docs/performance.md's gateway section
     if not args.no_docs:
         args.doc.write_text(replace_block(args.doc.read_text(), markdown))
     gateway_md = gateway_markdown(gateway) if gateway else None
