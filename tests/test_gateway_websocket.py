@@ -565,3 +565,22 @@ async def test_other_paths_still_get_their_whole_handshake_deadline_once(
     assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
     assert loop.time() - started < 1.0  # not 0.4 + a fresh 0.6
     writer.close()
+
+
+async def test_a_head_that_arrives_a_byte_at_a_time_is_assembled(
+    upstream: EchoUpstream, start_gateway: StartGateway
+) -> None:
+    """Each byte its own segment (TCP_NODELAY, a drain per byte): line ends split across reads, and leading
+    empty lines (RFC 9112 §2.2), still make one head."""
+    import socket
+
+    gateway = await start_gateway(ws_route(upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for byte in b"\r\n" + upgrade_head():
+        writer.write(bytes([byte]))
+        await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101")
+    assert await echo_through(reader, writer, b"trickled") == b"trickled"
+    writer.close()

@@ -123,6 +123,8 @@ class FrontProtocol(asyncio.Protocol):
         "_deadline",
         "_guard",
         "_max_head",
+        "_scanned",
+        "_timeout",
         "_transport",
         "_upgrades",
     )
@@ -138,8 +140,12 @@ class FrontProtocol(asyncio.Protocol):
         self._upgrades = upgrades
         self._aiohttp = aiohttp_protocol
         self._max_head = max_head
-        self._deadline = timeout
+        self._timeout = timeout
+        self._deadline = 0.0  # loop time by which the head must be in
         self._buffer = bytearray()
+        # How far the buffer has been searched for the end of the line or head: a head trickled in byte by
+        # byte must not be searched from its start each time.
+        self._scanned = 0
         self._claimed = False
         self._transport: asyncio.Transport | None = None
         self._guard: asyncio.TimerHandle | None = None
@@ -147,8 +153,8 @@ class FrontProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's or asyncio's)
         loop = asyncio.get_running_loop()
-        self._guard = loop.call_later(self._deadline, self._expired)
-        self._deadline += loop.time()
+        self._guard = loop.call_later(self._timeout, self._expired)
+        self._deadline = loop.time() + self._timeout
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -163,8 +169,9 @@ class FrontProtocol(asyncio.Protocol):
                 return
             if not self._claimed:  # handed over to aiohttp
                 return
-        end = buffer.find(HEAD_END)
+        end = buffer.find(HEAD_END, max(0, self._scanned - len(HEAD_END) + 1))
         if end < 0:
+            self._scanned = len(buffer)
             self._check_size(len(buffer), transport)
             return
         size = end + len(HEAD_END)
@@ -187,9 +194,11 @@ class FrontProtocol(asyncio.Protocol):
         start = 0
         while buffer.startswith(b"\r\n", start):  # RFC 9112 §2.2: empty lines before a request are ignored
             start += 2
-        end = buffer.find(b"\r\n", start)
+        end = buffer.find(b"\r\n", max(start, self._scanned - 1))
         if end < 0:
+            self._scanned = len(buffer)
             return False
+        self._scanned = 0
         path = request_path(bytes(buffer[start:end]))
         if path is not None and self._upgrades.claims(path):
             self._claimed = True
