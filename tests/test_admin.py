@@ -8,7 +8,6 @@ import asyncio
 import html
 import logging
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.conftest import (
     TIMEOUT,
     Connect,
     StartHub,
+    free_port,
     kiosk_headers,
     receive_json,
     subscribe,
@@ -311,13 +311,6 @@ def test_build_admin_app_refuses_unsafe_settings() -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # The app against a real hub.
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 ServeAdmin = Callable[..., Awaitable[str]]

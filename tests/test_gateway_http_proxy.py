@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import json
 import logging
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.conftest import TIMEOUT, tls_server_context, wait_for
+from tests.conftest import TIMEOUT, free_port, tls_server_context, wait_for
 from wsgate.config import GatewayLimits, Route, UpstreamTls
 from wsgate.gateway.forwarding import (
     RejectedRequest,
@@ -475,14 +474,6 @@ async def echo(response: aiohttp.ClientResponse) -> dict[str, Any]:
 
 def header_values(echoed: dict[str, Any], name: str) -> list[str]:
     return [value for key, value in echoed["headers"] if key.lower() == name.lower()]
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_path_query_and_method_are_kept(

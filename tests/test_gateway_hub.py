@@ -13,7 +13,6 @@ import pytest
 from tests.conftest import (
     KEY_NEW,
     PUBLISH_TOKEN,
-    TIMEOUT,
     StartHub,
     bearer,
     make_hub_config,
@@ -58,12 +57,6 @@ async def gateway(hub: HubServer) -> AsyncIterator[GatewayServer]:
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
-        yield session
 
 
 async def test_a_kiosk_connects_through_the_gateway_with_a_minted_identity(

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.conftest import tls_server_context
+from tests.conftest import TIMEOUT, free_port, tls_server_context, wait_for
 from tests.echo_upstream import EchoUpstream
 from tests.wsraw import client_frame
 from wsgate.config import Address, GatewayConfig, GatewayLimits, Route, UpstreamTls
@@ -27,7 +27,6 @@ from wsgate.secret import Secret
 
 ORIGIN = "https://kiosk.example.org"
 SECRET = "seed-ws-token-0123456789abcdef"
-TIMEOUT = 10.0
 
 
 def ws_route(upstream: str | tuple[str, ...], **changes: object) -> Route:
@@ -74,12 +73,6 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     yield start
     for server in reversed(servers):
         await server.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
-        yield session
 
 
 def url(gateway: GatewayServer) -> str:
@@ -207,7 +200,7 @@ async def test_close_codes_pass_both_ways(
 
     ws = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
     await ws.close(code=4002, message=b"bye from client")
-    await wait_until(lambda: len(upstream.closes) == 2, "both upstream connections to end")
+    await wait_for(lambda: len(upstream.closes) == 2, what="both upstream connections to end")
     assert (4002, "bye from client") in upstream.closes
 
 
@@ -269,7 +262,7 @@ async def test_upstream_refusal_is_relayed_as_its_status(
 
 
 async def test_upstream_down_is_502(start_gateway: StartGateway, http: aiohttp.ClientSession) -> None:
-    gateway = await start_gateway(ws_route(f"ws://127.0.0.1:{closed_port()}/ws"))
+    gateway = await start_gateway(ws_route(f"ws://127.0.0.1:{free_port()}/ws"))
     assert await status_of(http, gateway, {"Origin": ORIGIN}) == 502
 
 
@@ -291,7 +284,7 @@ async def test_upstream_that_never_answers_is_504(
 async def test_one_upstream_down_among_several(
     upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
-    dead = f"ws://127.0.0.1:{closed_port()}/ws"
+    dead = f"ws://127.0.0.1:{free_port()}/ws"
     gateway = await start_gateway(ws_route((dead, upstream.url)))
     for _ in range(4):
         assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
@@ -365,22 +358,6 @@ async def test_the_secret_never_reaches_the_logs(
         assert secret not in caplog.text
 
 
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound and released: connecting is refused)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_idle_tunnels_are_closed_after_idle_timeout(
     upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
@@ -411,7 +388,7 @@ async def test_connections_beyond_the_limit_get_503(
     second = await http.ws_connect(url(gateway), headers={"Origin": ORIGIN})
     assert await status_of(http, gateway, {"Origin": ORIGIN}) == 503
     await first.close()
-    await wait_until(lambda: gateway.gateway.slots.active < 2, "a slot to free up")
+    await wait_for(lambda: gateway.gateway.slots.active < 2, what="a slot to free up")
     assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
     await second.close()
 
@@ -440,7 +417,7 @@ async def test_metrics_are_served_on_the_admin_listener_only(
             await ws.send_str("counted")
             await ws.receive(timeout=TIMEOUT)
         assert await status_of(http, gateway, {"Origin": "https://evil.example.com"}) == 403
-        await wait_until(lambda: not gateway.gateway.tunnels(), "the tunnel to end")
+        await wait_for(lambda: not gateway.gateway.tunnels(), what="the tunnel to end")
         async with http.get(admin + "/metrics") as response:
             text = await response.text()
         assert 'wsgate_gateway_requests_total{route="/ws",status="101"} 1.0' in text
@@ -493,7 +470,7 @@ async def test_an_upgrade_on_a_kept_alive_connection_is_proxied_the_same_way(
     (seen,) = upstream.handshakes
     assert seen["token"] == SECRET
     writer.close()
-    await wait_until(lambda: gateway.gateway.slots.active == 0, "the tunnel's slot to be released")
+    await wait_for(lambda: gateway.gateway.slots.active == 0, what="the tunnel's slot to be released")
 
 
 async def test_a_foreign_origin_on_a_kept_alive_connection_is_403(
@@ -545,7 +522,7 @@ async def test_a_client_leaving_during_the_upstream_handshake_frees_its_slot_and
         assert gateway.gateway.slots.active == 1
         writer.close()
         await asyncio.wait_for(upstream_closed.wait(), TIMEOUT)
-        await wait_until(lambda: gateway.gateway.slots.active == 0, "the slot to be released")
+        await wait_for(lambda: gateway.gateway.slots.active == 0, what="the slot to be released")
         assert gateway.gateway.tunnels() == 0
     finally:
         server.close()

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -22,7 +21,15 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.conftest import KIOSK_TOKEN, StartHub, make_hub_config, tls_server_context, ws_url
+from tests.conftest import (
+    KIOSK_TOKEN,
+    TIMEOUT,
+    StartHub,
+    free_port,
+    make_hub_config,
+    tls_server_context,
+    ws_url,
+)
 from tests.echo_upstream import EchoUpstream
 from wsgate.auth.origins import OriginPolicy
 from wsgate.cli import main
@@ -51,7 +58,6 @@ ORIGIN = "https://kiosk.example.org"
 SECRET = "seed-ws-token-0123456789abcdef"
 PEERS = Path(__file__).parent / "peers"
 NPM_TIMEOUT = 300.0  # a cold `npm ci` of three packages; far less with a warm cache
-TIMEOUT = 10.0
 HOLE_KINDS = {"foreign", "null", "lookalike-suffix", "lookalike-prefix", "other-scheme", "other-port"}
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's sample key
 
@@ -827,13 +833,6 @@ async def test_the_seeds_express_proxy_accepts_foreign_origins(
 
 
 # Failures
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_a_target_that_is_down_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:

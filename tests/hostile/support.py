@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,16 +154,6 @@ def measure(server: ServerProcess, label: str) -> Iterator[Memory]:
     yield memory
     memory.peak_kib = server.peak_kib()
     print(f"\n[memory] {memory}")
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll a cheap condition (a /proc counter, a recorded list) until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ----------------------------------------------------------------------------------------------------------

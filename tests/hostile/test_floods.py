@@ -12,6 +12,7 @@ import zlib
 
 import aiohttp
 
+from tests.conftest import wait_for
 from tests.hostile.support import (
     OP_BINARY,
     OP_CONTINUATION,
@@ -30,7 +31,6 @@ from tests.hostile.support import (
     hub_metric,
     measure,
     new_channel,
-    wait_until,
 )
 from tests.wsraw import raw_websocket
 from wsgate.gateway.relay import FLUSH_GRACE
@@ -65,7 +65,7 @@ async def test_pings_every_millisecond_for_a_second_are_all_answered_and_others_
                 ws.writer.write(frame(OP_PING, b"%08d" % sent))
                 sent += 1
                 await asyncio.sleep(0.001)  # the attack's pace: one ping a millisecond
-            await wait_until(lambda: len(pongs) == sent, "every ping to be answered")
+            await wait_for(lambda: len(pongs) == sent, what="every ping to be answered")
     finally:
         serving.cancel()
         reading.cancel()
@@ -124,7 +124,7 @@ async def test_a_ping_flood_from_a_client_that_never_reads_is_held_back_by_tcp(
         await asyncio.sleep(0.05)  # polling a gauge: there is no event to wait on
     else:
         raise AssertionError("the hub never noticed the flooder was gone")
-    await wait_until(lambda: target.server.fds() <= fds, "the flooder's sockets to be released")
+    await wait_for(lambda: target.server.fds() <= fds, what="the flooder's sockets to be released")
     log = hub_process.log(since=log_start)
     assert "Traceback" not in log, log
     assert " ERROR " not in log, log
@@ -179,7 +179,9 @@ async def test_subscribers_that_never_read_cost_at_most_their_send_queue(hub_pro
                     if offset % 20 == 0 and await slow_consumers_dropped() == dropped_before + len(slow):
                         break
                 assert await slow_consumers_dropped() == dropped_before + len(slow)
-                await wait_until(lambda: len(received) == offset, "the reading subscriber to get everything")
+                await wait_for(
+                    lambda: len(received) == offset, what="the reading subscriber to get everything"
+                )
         finally:
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):

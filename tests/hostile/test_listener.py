@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.hostile.support import (
     HANDSHAKE_TIMEOUT,
     PUBLISH_TOKEN,
@@ -25,7 +26,6 @@ from tests.hostile.support import (
     measure,
     raw_exchange,
     status_of,
-    wait_until,
 )
 
 # The head a slowloris client trickles: a complete one would be a valid WebSocket upgrade.
@@ -144,7 +144,7 @@ async def test_a_flood_of_half_open_connections_is_cut_at_the_deadline_and_leaks
     # Generous margins: what is under test is "cut near the deadline" and "others served", not speed.
     assert held <= HANDSHAKE_TIMEOUT + 5.0, held
     assert latency < 5.0
-    await wait_until(lambda: server.fds() <= baseline_fds, "the server's file descriptors to return")
+    await wait_for(lambda: server.fds() <= baseline_fds, what="the server's file descriptors to return")
     assert memory.growth_kib < 32 * 1024, memory
     assert server.alive()
 
