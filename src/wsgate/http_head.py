@@ -9,6 +9,7 @@ it differently.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,6 +48,12 @@ class RequestHead:
         return self.target.partition("?")[0]
 
 
+def field_values(fields: Sequence[tuple[str, str]], name: str) -> list[str]:
+    """Every value of header ``name`` (case-insensitive) among ``fields``, in order; empty when absent."""
+    lowered = name.lower()
+    return [value for key, value in fields if key.lower() == lowered]
+
+
 def request_path(line: bytes) -> str | None:
     """The path of a request line (without CRLF), for routing before the rest of the head has arrived;
     ``None`` when the line is not a request line (the full parser reports why)."""
@@ -60,25 +67,29 @@ class FieldLimitError(ValueError):
     """The fields are well-formed but more or longer than we accept (431, not 400)."""
 
 
-def parse_field_lines(lines: list[bytes]) -> list[tuple[str, str]]:
+def parse_field_lines(
+    lines: list[bytes], *, max_fields: int = MAX_FIELDS, max_line: int = MAX_LINE
+) -> list[tuple[str, str]]:
     """Header field lines (without CRLF) as ``(name, value)``; raises :class:`ValueError` naming the fault
-    (:class:`FieldLimitError` for too many or too long lines).
+    (:class:`FieldLimitError` for more than ``max_fields`` lines or one over ``max_line`` bytes). Shared by
+    request heads and the upstream's response heads (``wsgate.gateway.upgrade``).
 
     No obs-fold (§5.2), no whitespace before the colon (§5.1), values without surrounding whitespace and
     without control characters.
     """
-    if len(lines) > MAX_FIELDS:
-        raise FieldLimitError(f"more than {MAX_FIELDS} header lines")
+    if len(lines) > max_fields:
+        raise FieldLimitError(f"more than {max_fields} header lines")
     fields: list[tuple[str, str]] = []
     for line in lines:
-        if len(line) > MAX_LINE:
-            raise FieldLimitError(f"a header line over {MAX_LINE} bytes")
+        if len(line) > max_line:
+            raise FieldLimitError(f"a header line over {max_line} bytes")
         if line[:1] in (b" ", b"\t"):
             raise ValueError("obsolete line folding")
         name, colon, value = line.partition(b":")
         if not colon or not TOKEN.fullmatch(name):
+            # Also catches "Name :": RFC 9112 §5.1 forbids whitespace between the name and the colon.
             raise ValueError("a malformed header line")
-        value = value.strip(b" \t")
+        value = value.strip(b" \t")  # §5.1: whitespace around the value is not part of it
         if not FIELD_VALUE.fullmatch(value):
             raise ValueError("a control character in a header value")
         fields.append((name.decode("ascii"), value.decode("latin-1")))

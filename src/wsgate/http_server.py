@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from wsgate.front import FrontProtocol, UpgradeHandler
+from wsgate.front import FrontProtocol, UpgradeHandler, peer_address
 
 log = logging.getLogger("wsgate.server")
 
@@ -95,8 +95,9 @@ class GuardedRequestHandler(RequestHandler):
             return  # the connection ends once the refusal is answered; what else the client sends is dropped
         if self._in_head and data and self._count_head(data) > self.max_head:
             self._refused = True
-            log.info("refused a request head over %d bytes from %s: 431", self.max_head, self._peer())
             if self.transport is not None:
+                peer = peer_address(self.transport) or "-"
+                log.info("refused a request head over %d bytes from %s: 431", self.max_head, peer)
                 self.transport.write(_HEAD_TOO_LARGE)
                 self.transport.close()
             return
@@ -156,11 +157,6 @@ class GuardedRequestHandler(RequestHandler):
         response = web.Response(status=status, text=f"{status} {phrase}\n")
         response.force_close()
         return response
-
-    def _peer(self) -> str:
-        transport = self.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
 
     def _guard_expired(self) -> None:
         self._guard = None

@@ -55,6 +55,7 @@ from wsgate.handshake import (
     header_tokens,
     single_header,
 )
+from wsgate.http_head import field_values, parse_field_lines
 
 __all__ = [
     "MAX_HEADERS",
@@ -94,12 +95,10 @@ _SECURE_SCHEMES: Final = frozenset({"wss", "https"})
 
 # RFC 9110 §5.6.2: token = 1*tchar.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TOKEN_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5: field-value = *field-content of field-vchar (VCHAR / obs-text), SP and HTAB. Everything
 # else - NUL, CR, LF (which would end the line and start a header of the sender's choosing), other C0
 # controls and DEL - is refused, and nothing beyond U+00FF exists in an ISO-8859-1 head.
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-_FIELD_VALUE_BYTES = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 # RFC 9112 §3.2 request-target (origin-form: absolute-path [ "?" query ]) is visible ASCII with no "#"
 # (RFC 3986 §3.5: the fragment never leaves the client). A space would end the request-target early.
 _REQUEST_TARGET = re.compile(r"/[\x21\x22\x24-\x7e]*")
@@ -258,13 +257,11 @@ class ClientRequest:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``default``."""
-        lowered = name.lower()
-        return next((value for key, value in self.headers if key.lower() == lowered), default)
+        return next(iter(field_values(self.headers, name)), default)
 
     def getall(self, name: str) -> list[str]:
         """Every value of header ``name`` (case-insensitive), in order; empty when absent."""
-        lowered = name.lower()
-        return [value for key, value in self.headers if key.lower() == lowered]
+        return field_values(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,13 +453,11 @@ class ResponseHead:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``default``."""
-        lowered = name.lower()
-        return next((value for key, value in self.headers if key.lower() == lowered), default)
+        return next(iter(field_values(self.headers, name)), default)
 
     def getall(self, name: str) -> list[str]:
         """Every value of header ``name`` (case-insensitive), in order; empty when absent."""
-        lowered = name.lower()
-        return [value for key, value in self.headers if key.lower() == lowered]
+        return field_values(self.headers, name)
 
 
 class ResponseHeadParser:
@@ -578,20 +573,11 @@ def _parse_response_head(raw: bytes) -> ResponseHead:
     if not 100 <= status <= 599:
         # RFC 9110 §15: status codes are 100-599; anything else is not a response we can interpret.
         raise UpstreamProtocolError("the upstream's status code is outside 100-599")
-    if len(lines) > MAX_HEADERS:
-        raise UpstreamProtocolError(f"the upstream sent more than {MAX_HEADERS} header lines")
-    headers: list[tuple[str, str]] = []
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            raise UpstreamProtocolError("the upstream's response head uses obsolete line folding")
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN_BYTES.fullmatch(name):
-            # Also catches "Name :" - RFC 9112 §5.1 forbids whitespace between the name and the colon.
-            raise UpstreamProtocolError("the upstream sent a malformed header line")
-        value = value.strip(b" \t")  # RFC 9112 §5.1: OWS around the value is not part of it
-        if not _FIELD_VALUE_BYTES.fullmatch(value):
-            raise UpstreamProtocolError("the upstream sent a control character in a header value")
-        headers.append((name.decode("ascii"), value.decode("latin-1")))
+    try:
+        # The whole head is bounded by the parser's max_size already; no separate bound per line.
+        headers = parse_field_lines(lines, max_fields=MAX_HEADERS, max_line=MAX_HEAD_SIZE)
+    except ValueError as exc:
+        raise UpstreamProtocolError(f"the upstream's response head has {exc}") from None
     reason = (match[3] or b"").decode("latin-1")
     return ResponseHead(status, reason, tuple(headers), http_version=f"1.{match[1].decode()}")
 
