@@ -29,6 +29,7 @@ from typing import Final, Protocol
 
 from wsgate.errors import FrameError
 from wsgate.hub.frames import (
+    FIN,
     INVALID_PAYLOAD,
     MESSAGE_TOO_BIG,
     OP_BINARY,
@@ -45,7 +46,6 @@ MAX_CONTROL_PAYLOAD: Final = 125  # §5.5
 # The largest frame header: 2 bytes, a 64-bit length, the 4-byte mask key.
 MAX_HEADER: Final = 14
 
-_FIN: Final = 0x80
 _RSV1: Final = 0x40
 _RSV: Final = 0x70
 _MASKED: Final = 0x80
@@ -228,7 +228,7 @@ class FrameReader:
             if opcode >= OP_CLOSE:
                 if opcode > OP_PONG:
                     raise FrameError(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
-                if not first & _FIN:
+                if not first & FIN:
                     raise FrameError(PROTOCOL_ERROR, "fragmented control frame")
                 if length > MAX_CONTROL_PAYLOAD:
                     raise FrameError(PROTOCOL_ERROR, "control frame over 125 bytes")
@@ -272,7 +272,7 @@ class FrameReader:
                 self._pos = end
             if opcode >= OP_CLOSE:
                 return self._control(opcode, bytes(payload))
-            event = self._data(opcode, bool(first & _FIN), bool(first & _RSV1), bytes(payload), length)
+            event = self._data(opcode, bool(first & FIN), bool(first & _RSV1), bytes(payload), length)
             if event is not None:
                 return event
         return None

@@ -16,7 +16,7 @@ OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
-_FIN = 0x80
+FIN = 0x80  # the last frame of a message
 
 # Close codes (§7.4.1, IANA registry).
 NORMAL_CLOSURE = 1000
@@ -35,11 +35,11 @@ def server_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     """One unfragmented, unmasked frame carrying ``payload``."""
     length = len(payload)
     if length < 126:
-        header = bytes((_FIN | opcode, length))
+        header = bytes((FIN | opcode, length))
     elif length < 1 << 16:
-        header = struct.pack("!BBH", _FIN | opcode, 126, length)
+        header = struct.pack("!BBH", FIN | opcode, 126, length)
     else:
-        header = struct.pack("!BBQ", _FIN | opcode, 127, length)
+        header = struct.pack("!BBQ", FIN | opcode, 127, length)
     return header + payload
 
 
