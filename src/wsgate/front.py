@@ -278,6 +278,12 @@ class _HandedOver(web.StreamResponse):
         return None
 
 
+def head_size(request: web.BaseRequest) -> int:
+    """The size of a parsed request head as sent: request line, fields with their separators, blank line."""
+    line = len(request.method) + len(request.raw_path) + 12  # "GET " + target + " HTTP/1.1\r\n"
+    return line + sum(len(name) + len(value) + 4 for name, value in request.raw_headers) + 2
+
+
 async def take_over(request: web.Request, upgrades: Acceptor) -> web.StreamResponse:
     """Serve a request that aiohttp routed to a claimed path, as the front would have: the handler takes the
     connection, and this coroutine keeps aiohttp's accounting of it until it ends."""
@@ -292,7 +298,7 @@ async def take_over(request: web.Request, upgrades: Acceptor) -> web.StreamRespo
         version=f"{request.version.major}.{request.version.minor}",
         fields=fields,
         headers=request.headers,
-        size=0,
+        size=head_size(request),
     )
     tail = _TailCollector()
     protocol.set_parser(tail)  # type: ignore[arg-type]  # duck-typed like aiohttp's WebSocketReader

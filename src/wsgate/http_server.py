@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from wsgate.front import FrontProtocol, UpgradeHandler, peer_address
+from wsgate.front import FrontProtocol, UpgradeHandler, head_size, peer_address
 
 log = logging.getLogger("wsgate.server")
 
@@ -190,12 +190,6 @@ async def handshake_guard(request: web.Request, handler: Handler) -> web.StreamR
             protocol.arm_guard()
             if not request.body_exists or request.content.is_eof():
                 protocol.expect_head()
-
-
-def head_size(request: web.BaseRequest) -> int:
-    """The size of a parsed request head as sent: request line, fields with their separators, blank line."""
-    line = len(request.method) + len(request.raw_path) + 12  # "GET " + target + " HTTP/1.1\r\n"
-    return line + sum(len(name) + len(value) + 4 for name, value in request.raw_headers) + 2
 
 
 class Listener:
