@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -281,6 +282,31 @@ async def test_upstream_that_never_answers_is_504(
         silent.close()
 
 
+async def test_an_upstream_that_timed_out_is_benched_so_the_next_client_reaches_another(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    """The upstream timeout covers the whole attempt (504), and the upstream that used it up is tried last."""
+    accepted = asyncio.Event()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # reads the upgrade request and never answers
+
+    silent = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        port = silent.sockets[0].getsockname()[1]
+        route = ws_route((f"ws://127.0.0.1:{port}/ws", upstream.url))
+        gateway = await start_gateway(route, upstream_timeout=0.5)
+        assert await status_of(http, gateway, {"Origin": ORIGIN}) == 504
+        assert accepted.is_set()
+        assert not upstream.handshakes
+        for _ in range(3):  # round robin alone would send the second of these to the silent one again
+            assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
+        assert len(upstream.handshakes) == 3
+    finally:
+        silent.close()
+
+
 async def test_one_upstream_down_among_several(
     upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
 ) -> None:
@@ -413,17 +439,30 @@ async def test_metrics_are_served_on_the_admin_listener_only(
     try:
         assert gateway.admin is not None
         admin = f"http://127.0.0.1:{gateway.admin.port}"
+
+        async def metrics() -> str:
+            async with http.get(admin + "/metrics") as response:
+                return await response.text()
+
+        def value(text: str, series: str) -> float:
+            match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+            assert match is not None, f"{series} is missing"
+            return float(match[1])
+
         async with http.ws_connect(url(gateway), headers={"Origin": ORIGIN}) as ws:
             await ws.send_str("counted")
             await ws.receive(timeout=TIMEOUT)
+            assert value(await metrics(), "wsgate_gateway_tunnels") == 1
         assert await status_of(http, gateway, {"Origin": "https://evil.example.com"}) == 403
         await wait_for(lambda: not gateway.gateway.tunnels(), what="the tunnel to end")
-        async with http.get(admin + "/metrics") as response:
-            text = await response.text()
-        assert 'wsgate_gateway_requests_total{route="/ws",status="101"} 1.0' in text
-        assert 'wsgate_gateway_requests_total{route="/ws",status="403"} 1.0' in text
-        assert 'wsgate_gateway_refusals_total{reason="origin"} 1.0' in text
-        assert 'wsgate_gateway_tunnel_bytes_total{direction="up"}' in text
+        text = await metrics()
+        assert value(text, "wsgate_gateway_tunnels") == 0
+        assert value(text, 'wsgate_gateway_requests_total{route="/ws",status="101"}') == 1
+        assert value(text, 'wsgate_gateway_requests_total{route="/ws",status="403"}') == 1
+        assert value(text, 'wsgate_gateway_refusals_total{reason="origin"}') == 1
+        # "counted" went up masked (6 + 7 bytes) and came back unmasked (2 + 7), close frames aside.
+        assert value(text, 'wsgate_gateway_tunnel_bytes_total{direction="up"}') >= 13
+        assert value(text, 'wsgate_gateway_tunnel_bytes_total{direction="down"}') >= 9
         async with http.get(admin + "/healthz") as response:
             assert response.status == 200
         async with http.get(gateway.url + "/metrics") as response:

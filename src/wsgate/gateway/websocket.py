@@ -81,10 +81,8 @@ class WebSocketProxy:
             self.ssl_context = upstream_ssl_context(route.tls, route=route.path)
         # Open tunnels and those whose upstream handshake is under way.
         self.tunnels: set[Tunnel] = set()
-        # Looked up once: every tunnel's end counts in these.
+        # Looked up once: every tunnel's end counts in it.
         self._ended_tunnels = self.metrics.requests.labels(route.path, "101")
-        self._bytes_up = self.metrics.tunnel_bytes.labels("up")
-        self._bytes_down = self.metrics.tunnel_bytes.labels("down")
 
     # --- the request --------------------------------------------------------------------------------
 
@@ -127,7 +125,7 @@ class WebSocketProxy:
         self.slots.acquire()
         self.tunnels.add(tunnel)
         tunnel.done.add_done_callback(lambda _: self._ended(tunnel, started))
-        tunnel.opening = asyncio.get_running_loop().create_task(
+        tunnel.opening = tunnel.loop.create_task(
             self._open(tunnel, side, requests, websocket_offer(client), peer, started)
         )
 
@@ -173,7 +171,7 @@ class WebSocketProxy:
             return
         tunnel.upstream_url = upstream_url
         tunnel.join(upstream_transport)
-        self.metrics.tunnels.inc()
+        self.metrics.open_tunnels += 1
         client.write(client_switching_response(head))
         leftover += side.relay()
         if leftover:
@@ -189,9 +187,10 @@ class WebSocketProxy:
         self.slots.release()
         if not tunnel.joined:
             return
-        self.metrics.tunnels.dec()
-        self._bytes_up.inc(tunnel.bytes_up)
-        self._bytes_down.inc(tunnel.bytes_down)
+        metrics = self.metrics
+        metrics.open_tunnels -= 1
+        metrics.tunnel_bytes_up += tunnel.bytes_up
+        metrics.tunnel_bytes_down += tunnel.bytes_down
         self._ended_tunnels.inc()
         access_log.info(
             "ws tunnel route=%s upstream=%s status=101 up=%d down=%d duration=%.1fs end=%s",
@@ -229,33 +228,48 @@ class WebSocketProxy:
     async def _connect(
         self, requests: Mapping[str, bytes], tunnel: Tunnel
     ) -> tuple[str, UpstreamSide, asyncio.Transport, ResponseHead, bytes]:
-        """Try the route's upstreams in the pool's order; the first that answers with a response head wins."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.upstream_timeout
+        """Try the route's upstreams in the pool's order; the first that answers with a response head wins.
+        All of them together get ``limits.upstream_timeout``."""
+        loop = tunnel.loop
+        # One timer for the whole attempt, cancelling this task when it fires: what asyncio.timeout does,
+        # without its per-use objects (a proxied handshake is hot: docs/performance.md).
+        task = asyncio.current_task(loop)
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = loop.call_later(self.limits.upstream_timeout, expire)
         failure = UpstreamFailure(502, "no upstream could be reached")
-        for url in self.pool.candidates():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise UpstreamFailure(504, "the upstream did not answer in time")
-            try:
-                async with asyncio.timeout(remaining):
+        url = ""
+        try:
+            for url in self.pool.candidates():
+                try:
                     side, transport, head, leftover = await self._handshake(
                         self.targets[url], requests[url], tunnel
                     )
-            except TimeoutError:
-                self.pool.failed(url)
-                raise UpstreamFailure(504, "the upstream did not answer in time") from None
-            except ssl.SSLCertVerificationError as exc:
-                log.error("route %s: upstream %s: certificate verify failed (%s)", self.route.path, url,
-                          exc.verify_message)  # fmt: skip
-                self.pool.failed(url)
-                failure = UpstreamFailure(502, "the upstream's certificate could not be verified")
-            except (OSError, UpstreamProtocolError) as exc:
-                log.warning("route %s: upstream %s failed: %s", self.route.path, url, type(exc).__name__)
-                self.pool.failed(url)
-            else:
-                self.pool.succeeded(url)
-                return url, side, transport, head, leftover
+                except ssl.SSLCertVerificationError as exc:
+                    log.error("route %s: upstream %s: certificate verify failed (%s)", self.route.path, url,
+                              exc.verify_message)  # fmt: skip
+                    self.pool.failed(url)
+                    failure = UpstreamFailure(502, "the upstream's certificate could not be verified")
+                except (OSError, UpstreamProtocolError) as exc:
+                    log.warning("route %s: upstream %s failed: %s", self.route.path, url, type(exc).__name__)
+                    self.pool.failed(url)
+                else:
+                    self.pool.succeeded(url)
+                    return url, side, transport, head, leftover
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # the tunnel ended (the client left, shutdown): nobody is waiting for an answer
+            task.uncancel()
+            self.pool.failed(url)
+            raise UpstreamFailure(504, "the upstream did not answer in time") from None
+        finally:
+            timer.cancel()
         raise failure
 
     async def _handshake(
