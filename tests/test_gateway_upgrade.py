@@ -26,6 +26,7 @@ from wsgate.gateway.upgrade import (
     ResponseHeadParser,
     UpstreamProtocolError,
     UpstreamTarget,
+    WebSocketOffer,
     accept_key,
     build_websocket_request,
     check_switching_protocols,
@@ -1364,3 +1365,164 @@ def test_clean_input_is_never_refused(
     client = make_client(*extra, target=f"/ws?{query}", peer=peer, scheme=scheme)
     data = build_websocket_request(route, upstream, client, injected=injected)
     check_request(data, route, upstream, client, injected)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Single-pass checks give what the step-by-step ones give: the same head, or the same refusal naming the same
+# header or fault.
+
+# RFC 9110 §5.5: what a field value may not hold.
+_UNSENDABLE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+_BAD = "a\r\nX-Evil: 1"
+_VALUE_PROBLEM = "the value holds CR, LF, NUL or another character that cannot be sent in a header"
+
+
+@pytest.mark.parametrize(
+    ("route", "client", "injected", "first"),
+    [
+        (make_route(), make_client(("Origin", _BAD), ("User-Agent", _BAD), drop=("Origin", "User-Agent")), {},
+         "Origin"),
+        (make_route(), make_client(("User-Agent", "\x00"), drop=("User-Agent",)), {"token": _BAD},
+         "User-Agent"),
+        (make_route(change_origin=True), make_client(host=_BAD), {"token": "\x7f"}, "token"),
+        (make_route(change_origin=False), make_client(("Origin", _BAD), drop=("Origin",), host="\x00"), {},
+         "Host"),
+        (make_route(), make_client(("Sec-WebSocket-Protocol", "€"), ("Origin", _BAD), drop=("Origin",)), {},
+         "Sec-WebSocket-Protocol"),
+        # check_upgrade strips every kind of whitespace from the key; the head keeps all but SP and HTAB.
+        (make_route(), make_client(("Sec-WebSocket-Key", KEY + "\x0b"), ("Origin", _BAD),
+                                   drop=("Sec-WebSocket-Key", "Origin")), {}, "Sec-WebSocket-Key"),
+        (make_route(), make_client(), {"x-api-key": "\n", "token": _BAD}, "x-api-key"),
+        (make_route(forwarded="rfc7239", change_origin=True), make_client(host="\x00"), {}, "Forwarded"),
+        (make_route(pass_cookies=True), make_client(("Cookie", "\r"), ("Origin", " \x00 "), drop=("Origin",)),
+         {}, "Origin"),
+    ],
+)  # fmt: skip
+def test_a_refusal_names_the_first_header_in_the_head_that_cannot_be_sent(
+    route: Route, client: ClientRequest, injected: dict[str, str], first: str
+) -> None:
+    with pytest.raises(HeaderInjectionError) as info:
+        build_websocket_request(route, UPSTREAM, client, injected=injected)
+    assert (info.value.header, info.value.problem) == (first, _VALUE_PROBLEM)
+
+
+def marked(value: str) -> str:
+    return _UNSENDABLE.sub("~unsendable~", value)
+
+
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    route=_ROUTES,
+    extra=st.lists(st.tuples(_CLIENT_NAMES, _HOSTILE_VALUE), max_size=8),
+    injected=st.dictionaries(_INJECTED_NAMES, _HOSTILE_VALUE, max_size=3),
+    host=st.one_of(st.none(), _HOSTILE_VALUE),
+)
+def test_a_refusal_names_the_header_a_line_by_line_check_names(
+    route: Route, extra: list[tuple[str, str]], injected: dict[str, str], host: str | None
+) -> None:
+    client = make_client(*extra, host=host)
+    try:
+        build_websocket_request(route, UPSTREAM, client, injected=injected)
+    except HeaderInjectionError as exc:
+        refusal = exc
+    except HandshakeError:
+        return
+    else:
+        return
+    # The same request with every character that cannot be sent replaced by a visible mark goes through; a
+    # line-by-line check refuses the first line of that head that holds a mark.
+    clean_client = replace(
+        client,
+        headers=[(name, marked(value)) for name, value in client.headers],
+        host=None if client.host is None else marked(client.host),
+    )
+    clean_injected = {name: marked(value) for name, value in injected.items()}
+    data = build_websocket_request(route, UPSTREAM, clean_client, injected=clean_injected)
+    first = next(line for line in data.decode("latin-1").split("\r\n") if "~unsendable~" in line)
+    assert (refusal.header, refusal.problem) == (first.partition(":")[0], _VALUE_PROBLEM)
+
+
+@pytest.mark.parametrize(
+    ("fields", "first"),
+    [
+        ((("Sec-WebSocket-Accept", "a\rb"), ("Sec-WebSocket-Protocol", "\x00")), "Sec-WebSocket-Accept"),
+        ((ACCEPTED, ("Sec-WebSocket-Protocol", "\n"), ("Sec-WebSocket-Extensions", "\x00")),
+         "Sec-WebSocket-Protocol"),
+        ((ACCEPTED, ("Sec-WebSocket-Extensions", "x"), ("Sec-WebSocket-Extensions", "y\x7f")),
+         "Sec-WebSocket-Extensions"),
+    ],
+)  # fmt: skip
+def test_the_browsers_101_refuses_naming_the_first_header_that_cannot_be_sent(
+    fields: tuple[tuple[str, str], ...], first: str
+) -> None:
+    with pytest.raises(HeaderInjectionError) as info:
+        client_switching_response(response(UPGRADE, CONNECTION, *fields))
+    assert (info.value.header, info.value.problem) == (first, _VALUE_PROBLEM)
+
+
+def line_ending_fault(data: bytes) -> str | None:
+    """The parser's line-ending rule stated as a pattern: the first CR without its LF or LF without its CR,
+    in the head (up to the first CRLF CRLF) or, while there is none, in everything received - except a CR
+    that is the last byte received, which still waits for its LF."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[: end + 4]
+    fault = re.search(rb"\r(?!\n)|(?<!\r)\n", head)
+    if fault is None or (end < 0 and fault[0] == b"\r" and fault.start() == len(data) - 1):
+        return None
+    return "bare CR" if fault[0] == b"\r" else "bare LF line ending"
+
+
+def refusal_message(pieces: Sequence[bytes]) -> str | None:
+    parser = ResponseHeadParser()
+    try:
+        for piece in pieces:
+            if parser.feed(piece) is not None:
+                return None
+    except UpstreamProtocolError as exc:
+        return exc.message
+    return None
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    data=st.lists(
+        st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\n\r\n", b"X: a", b" ", b"HTTP/1.1 101 OK"]), max_size=24
+    ).map(b"".join),
+    cut=st.integers(min_value=0, max_value=60),
+)
+@example(data=b"HTTP/1.1 101 OK\r\nX: a\r", cut=0)
+@example(data=b"HTTP/1.1 101 OK\r\r\n\r\n", cut=0)
+@example(data=b"\n\r\n", cut=1)
+def test_line_endings_are_judged_as_the_pattern_says_however_the_bytes_arrive(data: bytes, cut: int) -> None:
+    fault = line_ending_fault(data)
+    for pieces in ([data], [data[:cut], data[cut:]], [data[i : i + 1] for i in range(len(data))]):
+        message = refusal_message(pieces)
+        if fault is not None:
+            assert message == f"the upstream's response head has a {fault}"
+        else:
+            assert message is None or "bare" not in message
+
+
+_NASTY_NAMES = st.one_of(
+    _CLIENT_NAMES,
+    st.sampled_from(["sec-websocket-protocol", "SEC-WEBSOCKET-EXTENSIONS", "Sec-WebSocket-\u212aey"]),
+    st.sampled_from(["\u017fec-websocket-key", "Sec-WebSocket-Protoco\u0130", "Sec-WebSocket-Key"]),
+)
+
+
+@settings(deadline=None)
+@given(extra=st.lists(st.tuples(_NASTY_NAMES, _HOSTILE_VALUE), max_size=6))
+def test_the_offer_reads_the_headers_as_client_get_does(extra: list[tuple[str, str]]) -> None:
+    client = make_client(*extra, drop=("Sec-WebSocket-Key", "Sec-WebSocket-Extensions"))
+    assert websocket_offer(client) == WebSocketOffer(
+        key=(client.get("Sec-WebSocket-Key") or "").strip(),
+        protocols=tuple(
+            item.strip()
+            for value in client.getall("Sec-WebSocket-Protocol")
+            for item in value.split(",")
+            if item.strip()
+        ),
+        extensions=any(
+            item.strip() for value in client.getall("Sec-WebSocket-Extensions") for item in value.split(",")
+        ),
+    )

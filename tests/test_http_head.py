@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from unittest import mock
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from wsgate.errors import HandshakeError
 from wsgate.front import response_bytes
-from wsgate.http_head import MAX_FIELDS, MAX_LINE, parse_request_head, request_path
+from wsgate.gateway.upgrade import MAX_HEAD_SIZE, MAX_HEADERS
+from wsgate.http_head import (
+    MAX_FIELDS,
+    MAX_LINE,
+    FieldLimitError,
+    field_values,
+    parse_field_block,
+    parse_field_lines,
+    parse_request_head,
+    request_path,
+)
 
 GOOD = (
     b"GET /ws?kiosk=lobby HTTP/1.1\r\nHost: example.org\r\nUpgrade: websocket\r\n"
@@ -97,3 +112,173 @@ def test_a_refusal_has_one_connection_header_that_ends_the_connection() -> None:
     assert connection == [b"Connection: Upgrade, close"]
     assert b"Upgrade: websocket" in head
     assert answer.endswith(b"\r\n\r\nsend an upgrade\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parse_field_block (one regular-expression pass) gives what parse_field_lines (line by line) gives.
+
+Outcome = tuple[str, object]
+
+
+def outcome(parse: Callable[..., list[tuple[str, str]]], *args: object, **limits: int) -> Outcome:
+    """``("fields", fields)`` or ``(exception type name, message)``."""
+    try:
+        return ("fields", parse(*args, **limits))
+    except ValueError as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def lines_of(block: bytes) -> list[bytes]:
+    """The lines of a block in which each line ends in CRLF, as the reference parser takes them."""
+    return block.removesuffix(b"\r\n").split(b"\r\n") if block else []
+
+
+def assert_block_reads_as_its_lines(block: bytes, **limits: int) -> Outcome:
+    expected = outcome(parse_field_lines, lines_of(block), **limits)
+    assert outcome(parse_field_block, block, **limits) == expected
+    return expected
+
+
+@pytest.mark.parametrize(
+    ("block", "kind"),
+    [
+        pytest.param(b"", "fields", id="no-fields"),
+        pytest.param(b"Host: x\r\nUpgrade: websocket\r\n", "fields", id="plain"),
+        pytest.param(b"X-Empty:\r\nX-Blank: \t \r\n", "fields", id="empty-values"),
+        pytest.param(b"X:  \t a \t b\t \r\n", "fields", id="tabs-and-spaces-around-and-inside"),
+        pytest.param(b"X: caf\xe9 \x80\xff\r\n", "fields", id="obs-text"),
+        pytest.param(b"X: a:b: c\r\n", "fields", id="colons-in-value"),
+        pytest.param(b"!#$%&'*+-.^_`|~09azAZ: v\r\n", "fields", id="every-tchar-kind"),
+        pytest.param(b"X: y\r\n" * MAX_FIELDS, "fields", id="max-fields"),
+        pytest.param(b"X: " + b"y" * (MAX_LINE - 5) + b"\r\n", "fields", id="block-of-max-line"),
+        pytest.param(b"X: " + b"y" * (MAX_LINE - 3) + b"\r\n", "fields", id="line-of-max-line"),
+        pytest.param(b"X: y\r\n" * (MAX_FIELDS + 1), "FieldLimitError", id="129-fields"),
+        pytest.param(b"X: " + b"y" * 9000 + b"\r\n", "FieldLimitError", id="9000-byte-line"),
+        pytest.param(b"X: y\r\n" * 1400 + b"X y\r\n", "FieldLimitError", id="too-many-and-malformed"),
+        pytest.param(b"Host: x\r\n folded\r\n", "ValueError", id="obs-fold-space"),
+        pytest.param(b"Host: x\r\n\tfolded\r\n", "ValueError", id="obs-fold-tab"),
+        pytest.param(b" Host: x\r\n", "ValueError", id="space-first"),
+        pytest.param(b"Host : x\r\n", "ValueError", id="space-before-colon"),
+        pytest.param(b"Host\t: x\r\n", "ValueError", id="tab-before-colon"),
+        pytest.param(b": x\r\n", "ValueError", id="empty-name"),
+        pytest.param(b"No-Colon\r\n", "ValueError", id="no-colon"),
+        pytest.param(b"Ho(st): x\r\n", "ValueError", id="name-not-a-token"),
+        pytest.param(b"H\xe9: x\r\n", "ValueError", id="non-ascii-name"),
+        pytest.param(b"X: y\r\n\r\n", "ValueError", id="empty-line"),
+        pytest.param(b"X: a\rb\r\n", "ValueError", id="bare-cr"),
+        pytest.param(b"X: a\r\r\n", "ValueError", id="cr-before-crlf"),
+        pytest.param(b"X: a\nY: b\r\n", "ValueError", id="bare-lf"),
+        pytest.param(b"X: a\x00b\r\n", "ValueError", id="nul"),
+        pytest.param(b"X: a\x7f\r\n", "ValueError", id="del"),
+        pytest.param(b"X: \x0b\r\n", "ValueError", id="vertical-tab"),
+        pytest.param(b"X: ok\r\nY: a\x00\r\nZ : b\r\n", "ValueError", id="first-fault-named"),
+        pytest.param(b"X: no final crlf", "fields", id="unterminated-last-line"),
+    ],
+)
+def test_a_field_block_reads_as_its_lines_one_by_one(block: bytes, kind: str) -> None:
+    assert assert_block_reads_as_its_lines(block)[0] == kind
+    # The response head's limits (wsgate.gateway.upgrade) as well.
+    assert_block_reads_as_its_lines(block, max_fields=MAX_HEADERS, max_line=MAX_HEAD_SIZE)
+
+
+_LINE_PIECES = st.sampled_from(
+    [
+        b"X",
+        b"Host",
+        b"a",
+        b"-",
+        b":",
+        b": ",
+        b" ",
+        b"\t",
+        b"\r",
+        b"\n",
+        b"\x00",
+        b"\x7f",
+        b"\xe9",
+        b"\xff",
+        b"(",
+    ]
+)
+_LINES = st.lists(st.lists(_LINE_PIECES, max_size=8).map(b"".join), max_size=12)
+
+
+@given(lines=_LINES, max_fields=st.integers(0, 13), max_line=st.integers(0, 40))
+@example(lines=[b"X:" + b" " * 30 + b"\x00"], max_fields=5, max_line=100)
+def test_any_field_block_reads_as_its_lines_one_by_one(
+    lines: list[bytes], max_fields: int, max_line: int
+) -> None:
+    block = b"".join(line + b"\r\n" for line in lines)
+    assert_block_reads_as_its_lines(block, max_fields=max_fields, max_line=max_line)
+    assert_block_reads_as_its_lines(block)
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_as_a_field_block_read_as_their_lines(data: bytes) -> None:
+    assert_block_reads_as_its_lines(data + b"\r\n")
+
+
+def test_a_valid_block_takes_the_single_pass_only() -> None:
+    block = b"Host: x\r\nX-Empty:\r\nX:  \t caf\xe9 \t\r\n" + b"Y: z\r\n" * (MAX_FIELDS - 3)
+    with mock.patch("wsgate.http_head.parse_field_lines", side_effect=AssertionError("slow path")):
+        fields = parse_field_block(block)
+    assert fields[:3] == [("Host", "x"), ("X-Empty", ""), ("X", "caf\xe9")]
+    assert len(fields) == MAX_FIELDS
+
+
+def test_a_long_whitespace_run_before_a_bad_byte_costs_linear_time() -> None:
+    # Were the whitespace runs given back one space at a time (quadratic), this would take 2 s, not 1 ms.
+    block = b"X:" + b" " * 50_000 + b"\x00\r\n"
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="control character"):
+        parse_field_block(block, max_line=len(block))
+    assert time.perf_counter() - started < 0.5
+
+
+_HEAD_PIECES = st.sampled_from([b"\r\n", b"GET / HTTP/1.1", b"X: y", b"X y", b" ", b"\r", b"\n", b"Host: h"])
+
+
+@given(st.lists(_HEAD_PIECES, max_size=12).map(b"".join))
+@example(b"")
+@example(b"\r\n")
+@example(b"GET / HTTP/1.1\r")
+@example(b"GET / HTTP/1.1\r\n")
+def test_a_request_head_reads_as_its_lines_one_by_one(body: bytes) -> None:
+    raw = body + b"\r\n\r\n"
+    # The reference: after empty lines, split the head without its CRLF CRLF into lines.
+    start = 0
+    while raw.startswith(b"\r\n", start):
+        start += 2
+    request_line, *lines = raw[start:-4].split(b"\r\n")
+    try:
+        head = parse_request_head(raw)
+    except HandshakeError as exc:
+        refusal = exc
+    else:
+        assert head.fields == tuple(parse_field_lines(lines))
+        assert head.method == request_line.split(b" ")[0].decode()
+        return
+    if refusal.message.startswith("the request head has "):
+        kind, message = outcome(parse_field_lines, lines)
+        assert refusal.message == f"the request head has {message}"
+        assert refusal.status == (431 if kind == FieldLimitError.__name__ else 400)
+
+
+# field_values is what ClientRequest.get and ResponseHead.get read; wsgate.gateway.upgrade asks a CIMultiDict
+# (built once) when it looks up several names. Both must fold case the same way (str.lower).
+_HEADER_NAMES = st.one_of(
+    st.sampled_from(
+        ["Upgrade", "UPGRADE", "sec-websocket-key", "Sec-WebSocket-\u212aey", "\u017fec-websocket-key"]
+    ),
+    st.sampled_from(["Stra\u00dfe", "STRASSE", "\u0130", "i\u0307", "\u01c5", "\u01c4", "\u01c6"]),
+    st.text(max_size=6),
+)
+
+
+@given(fields=st.lists(st.tuples(_HEADER_NAMES, st.text(max_size=3)), max_size=8), name=_HEADER_NAMES)
+def test_a_cimultidict_lookup_agrees_with_field_values(fields: list[tuple[str, str]], name: str) -> None:
+    lookup = CIMultiDict(fields)
+    assert lookup.getall(name, []) == field_values(fields, name)
+    assert lookup.get(name) == next(iter(field_values(fields, name)), None)
+    for known in ("Upgrade", "Connection", "Sec-WebSocket-Key", "Sec-WebSocket-Protocol", "Strasse"):
+        assert lookup.getall(known, []) == field_values(fields, known)

@@ -36,9 +36,10 @@ octets round-trip unchanged.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -55,7 +56,7 @@ from wsgate.handshake import (
     header_tokens,
     single_header,
 )
-from wsgate.http_head import field_values, parse_field_lines
+from wsgate.http_head import FIELD_CHARS, TCHARS, field_values, parse_field_block
 
 __all__ = [
     "MAX_HEADERS",
@@ -94,11 +95,13 @@ _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443, "http": 80, "https": 443}
 _SECURE_SCHEMES: Final = frozenset({"wss", "https"})
 
 # RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN = re.compile(f"[{TCHARS}]+")
 # RFC 9110 §5.5: field-value = *field-content of field-vchar (VCHAR / obs-text), SP and HTAB. Everything
 # else - NUL, CR, LF (which would end the line and start a header of the sender's choosing), other C0
 # controls and DEL - is refused, and nothing beyond U+00FF exists in an ISO-8859-1 head.
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_FIELD_VALUE = re.compile(f"[{FIELD_CHARS}]*")
+# RFC 9112 §5.1: the optional whitespace around a field value, which is not part of it.
+_OWS: Final = " \t"
 # RFC 9112 §3.2 request-target (origin-form: absolute-path [ "?" query ]) is visible ASCII with no "#"
 # (RFC 3986 §3.5: the fragment never leaves the client). A space would end the request-target early.
 _REQUEST_TARGET = re.compile(r"/[\x21\x22\x24-\x7e]*")
@@ -253,7 +256,7 @@ class ClientRequest:
 
     def __post_init__(self) -> None:
         # A snapshot: a list the caller keeps mutating must not change what a frozen record says.
-        object.__setattr__(self, "headers", tuple((str(n), str(v)) for n, v in self.headers))
+        object.__setattr__(self, "headers", tuple([(str(n), str(v)) for n, v in self.headers]))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``default``."""
@@ -280,10 +283,11 @@ def websocket_offer(client: ClientRequest) -> WebSocketOffer:
     Subprotocol names keep their case: browsers compare the server's choice byte for byte with what they
     offered (RFC 6455 §4.1 item 6 of the client's checks; WHATWG WebSocket "establish a connection").
     """
+    headers = CIMultiDict(client.headers)  # one case-insensitive index for the three lookups
     return WebSocketOffer(
-        key=(client.get("Sec-WebSocket-Key") or "").strip(),
-        protocols=tuple(_list_items(client.getall("Sec-WebSocket-Protocol"))),
-        extensions=any(_list_items(client.getall("Sec-WebSocket-Extensions"))),
+        key=(headers.get("Sec-WebSocket-Key") or "").strip(),
+        protocols=tuple(_list_items(headers.getall("Sec-WebSocket-Protocol", []))),
+        extensions=any(_list_items(headers.getall("Sec-WebSocket-Extensions", []))),
     )
 
 
@@ -355,71 +359,98 @@ def build_websocket_request(
     if client.scheme not in ("http", "https"):
         raise ValueError("client.scheme must be 'http' or 'https'")
     headers = CIMultiDict(client.headers)
-    # The caller checked the upgrade already; checking again costs nothing and keeps this function from ever
+    # The caller checked the upgrade already; checking again costs little and keeps this function from ever
     # emitting a request the upstream could take for something other than a WebSocket handshake.
     check_upgrade(client.method, headers)
     for name in (*_SINGLETONS, "Authorization") if route.pass_authorization else _SINGLETONS:
         single_header(headers, name)
     client_host = _nonempty(client.host)
-
-    overrides = _check_injected(injected)
-    fields: list[tuple[str, str]] = []
-
-    def add(name: str, value: str | None) -> None:
-        if value is not None and name.lower() not in overrides:
-            fields.append((name, value))
+    # One snapshot of the mapping: the names checked are the names sent.
+    injected_fields = tuple(injected.items())
+    overrides = _check_injected(tuple(name for name, _ in injected_fields))
 
     # RFC 9112 §3.2: a client SHOULD send Host first after the request-line.
     host = upstream.host_header if route.change_origin or client_host is None else client_host
-    fields.append(("Host", host))
-    # RFC 6455 §4.1 items 5-6 (RFC 9110 §7.8): Upgrade is hop-by-hop and is listed in Connection, so both are
-    # ours to write, never copied; "Connection: Upgrade" alone also stops any other hop-by-hop header.
-    fields.append(("Upgrade", "websocket"))
-    fields.append(("Connection", "Upgrade"))
-    # The key goes through unchanged: the client checks Sec-WebSocket-Accept against it end to end
-    # (RFC 6455 §4.1, client's check 4), since after the 101 the bytes are relayed, not re-framed.
-    fields.append(("Sec-WebSocket-Key", _first(headers, "Sec-WebSocket-Key")))
-    fields.append(("Sec-WebSocket-Version", WEBSOCKET_VERSION))
-    # RFC 6455 §11.3.2 and §11.3.4: these may repeat; one line with the values joined means the same.
-    add("Sec-WebSocket-Protocol", _join(headers.getall("Sec-WebSocket-Protocol", []), ", "))
-    add("Sec-WebSocket-Extensions", _join(headers.getall("Sec-WebSocket-Extensions", []), ", "))
-    # RFC 6455 §10.2: the upstream runs its own Origin check (the hub does); Origin is passed exactly as sent.
-    add("Origin", _nonempty(headers.get("Origin")))
-    add("User-Agent", _nonempty(headers.get("User-Agent")))
+    fields = [
+        ("Host", host),
+        # RFC 6455 §4.1 items 5-6 (RFC 9110 §7.8): Upgrade is hop-by-hop and is listed in Connection, so both
+        # are ours to write, never copied; "Connection: Upgrade" alone also stops any other hop-by-hop header.
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        # The key goes through unchanged: the client checks Sec-WebSocket-Accept against it end to end
+        # (RFC 6455 §4.1, client's check 4), since after the 101 the bytes are relayed, not re-framed.
+        ("Sec-WebSocket-Key", _first(headers, "Sec-WebSocket-Key")),
+        ("Sec-WebSocket-Version", WEBSOCKET_VERSION),
+    ]
+    fields += _unless_injected(_client_fields(route, headers), overrides)
+    fields += injected_fields
+    fields += _unless_injected(_forwarding_fields(route, client, client_host), overrides)
+    # Every name is a literal of this module or an injected name _check_injected passed: only values are
+    # checked on the way out.
+    return _render_head(f"GET {_request_target(upstream.path, client.target)} HTTP/1.1", fields)
+
+
+def _client_fields(route: Route, headers: CIMultiDict[str]) -> list[tuple[str, str | None]]:
+    """The client's headers that go upstream (the allowlist), ``None`` for those it did not send."""
+    fields = [
+        # RFC 6455 §11.3.2 and §11.3.4: these may repeat; one line with the values joined means the same.
+        ("Sec-WebSocket-Protocol", _join(headers.getall("Sec-WebSocket-Protocol", []), ", ")),
+        ("Sec-WebSocket-Extensions", _join(headers.getall("Sec-WebSocket-Extensions", []), ", ")),
+        # RFC 6455 §10.2: the upstream runs its own Origin check (the hub does); Origin is passed as sent.
+        ("Origin", _nonempty(headers.get("Origin"))),
+        ("User-Agent", _nonempty(headers.get("User-Agent"))),
+    ]
     if route.pass_cookies:
         # RFC 6265 §5.4 asks for one Cookie line; RFC 9113 §8.2.3 joins split crumbs with "; ".
-        add("Cookie", _join(headers.getall("Cookie", []), "; "))
+        fields.append(("Cookie", _join(headers.getall("Cookie", []), "; ")))
     if route.pass_authorization:
-        add("Authorization", _nonempty(headers.get("Authorization")))
-    fields.extend(injected.items())
+        fields.append(("Authorization", _nonempty(headers.get("Authorization"))))
+    return fields
+
+
+def _forwarding_fields(
+    route: Route, client: ClientRequest, client_host: str | None
+) -> list[tuple[str, str | None]]:
+    """The forwarding headers of ``route.forwarded`` (``None`` for one without a value)."""
     if route.forwarded == "x-forwarded":
         # The client's own X-Forwarded-For is not trusted and not appended to: the gateway is the edge, so
         # anything already in it was written by the client, and upstreams commonly read the leftmost entry as
         # "the client's IP" (rate limits, audit logs, IP allowlists). Appending as nginx's
         # $proxy_add_x_forwarded_for does would let any client claim to be 127.0.0.1.
-        add("X-Forwarded-For", forwarded_for(client.peer))
-        add("X-Forwarded-Proto", client.scheme)
-        add("X-Forwarded-Host", client_host)
-    elif route.forwarded == "rfc7239":
-        add("Forwarded", forwarded_element(client.peer, client.scheme, client_host))
-    elif route.forwarded != "none":
-        raise ValueError(f"route {route.path!r} has an unknown forwarded style")
+        return [
+            ("X-Forwarded-For", forwarded_for(client.peer)),
+            ("X-Forwarded-Proto", client.scheme),
+            ("X-Forwarded-Host", client_host),
+        ]
+    if route.forwarded == "rfc7239":
+        return [("Forwarded", forwarded_element(client.peer, client.scheme, client_host))]
+    if route.forwarded == "none":
+        return []
+    raise ValueError(f"route {route.path!r} has an unknown forwarded style")
 
-    lines = [f"GET {_request_target(upstream.path, client.target)} HTTP/1.1"]
-    lines += [f"{_checked_name(name)}: {_checked_value(name, value)}" for name, value in fields]
-    return _encode("\r\n".join(lines) + "\r\n\r\n")
+
+def _unless_injected(
+    fields: Iterable[tuple[str, str | None]], overrides: frozenset[str]
+) -> list[tuple[str, str]]:
+    """The fields that have a value and whose name (any case) is not injected: an injected header replaces
+    the client's or the gateway's own of the same name."""
+    return [(name, value) for name, value in fields if value is not None and name.lower() not in overrides]
 
 
-def _check_injected(injected: Mapping[str, str]) -> frozenset[str]:
-    names: set[str] = set()
-    for name in injected:
+# Bounded: a route injects the same few names on every request; each distinct set is checked once.
+@functools.lru_cache(maxsize=256)
+def _check_injected(names: tuple[str, ...]) -> frozenset[str]:
+    """The injected header names, lower-cased; :class:`HeaderInjectionError` for one that is not a token, one
+    the gateway writes itself, or one injected twice."""
+    lowered_names: set[str] = set()
+    for name in names:
         lowered = _checked_name(name).lower()
         if lowered in _RESERVED or lowered.startswith("sec-websocket-"):
             raise HeaderInjectionError(name, "the gateway writes this header itself; it cannot be injected")
-        if lowered in names:
+        if lowered in lowered_names:
             raise HeaderInjectionError(name, "injected twice (header names ignore case)")
-        names.add(lowered)
-    return frozenset(names)
+        lowered_names.add(lowered)
+    return frozenset(lowered_names)
 
 
 def _request_target(upstream_path: str, client_target: str) -> str:
@@ -537,7 +568,7 @@ class ResponseHeadParser:
         self._check_line_endings(head_end)
         if head_end > self._max_size:
             raise UpstreamProtocolError(f"the upstream's response head exceeds {self._max_size} bytes")
-        head = _parse_response_head(bytes(buffer[:end]))
+        head = _parse_response_head(bytes(buffer[: end + 2]))  # up to the empty line that ends it
         self._leftover = bytes(buffer[head_end:])
         self._buffer = bytearray()
         self._head = head
@@ -547,6 +578,13 @@ class ResponseHeadParser:
         """Every LF before ``end`` follows a CR and every CR is followed by an LF (RFC 9112 §2.2). A CR that
         is the last byte received so far is checked when the next byte arrives."""
         buffer, position = self._buffer, self._checked
+        # The usual case in three counts: as many CRs and as many LFs as CRLFs means each is half of a pair,
+        # all the walk below would find.
+        pairs = buffer.count(b"\r\n", position, end)
+        if buffer.count(b"\r", position, end) == pairs == buffer.count(b"\n", position, end):
+            self._checked = end
+            return
+        # Otherwise, pair by pair: the first fault is found and named, or a CR still waits for its LF.
         while True:
             lf = buffer.find(b"\n", position, end)
             cr = buffer.find(b"\r", position, end)
@@ -564,8 +602,9 @@ class ResponseHeadParser:
 
 
 def _parse_response_head(raw: bytes) -> ResponseHead:
-    """Parse a head without its final CRLF CRLF; line endings are already known to be CRLF."""
-    status_line, *lines = raw.split(b"\r\n")
+    """Parse a head without its empty last line (each line still ending in CRLF); line endings are already
+    known to be CRLF."""
+    status_line, _, field_block = raw.partition(b"\r\n")
     match = _STATUS_LINE.fullmatch(status_line)
     if match is None:
         raise UpstreamProtocolError("the upstream's status line is not 'HTTP/1.1 <status> <reason>'")
@@ -575,7 +614,7 @@ def _parse_response_head(raw: bytes) -> ResponseHead:
         raise UpstreamProtocolError("the upstream's status code is outside 100-599")
     try:
         # The whole head is bounded by the parser's max_size already; no separate bound per line.
-        headers = parse_field_lines(lines, max_fields=MAX_HEADERS, max_line=MAX_HEAD_SIZE)
+        headers = parse_field_block(field_block, max_fields=MAX_HEADERS, max_line=MAX_HEAD_SIZE)
     except ValueError as exc:
         raise UpstreamProtocolError(f"the upstream's response head has {exc}") from None
     reason = (match[3] or b"").decode("latin-1")
@@ -598,22 +637,23 @@ def check_switching_protocols(
     if head.http_version != "1.1":
         # RFC 9110 §15.2: 1xx does not exist in HTTP/1.0, and Upgrade is an HTTP/1.1 mechanism (§7.8).
         raise UpstreamProtocolError("the upstream switched protocols over HTTP/1.0")
-    upgrade = head.getall("Upgrade")
+    headers = CIMultiDict(head.headers)  # one case-insensitive index for the five lookups
+    upgrade = headers.getall("Upgrade", [])
     # Client's check 2: an Upgrade value that is not, case-insensitively, "websocket" fails the connection.
     if len(upgrade) != 1 or upgrade[0].lower() != "websocket":
         raise UpstreamProtocolError("the upstream's 101 does not say 'Upgrade: websocket'")
-    if "upgrade" not in header_tokens(", ".join(head.getall("Connection"))):
+    if "upgrade" not in header_tokens(", ".join(headers.getall("Connection", []))):
         raise UpstreamProtocolError("the upstream's 101 lacks 'Connection: Upgrade'")
-    accept = head.getall("Sec-WebSocket-Accept")
+    accept = headers.getall("Sec-WebSocket-Accept", [])
     # RFC 6455 §11.3.3: Sec-WebSocket-Accept MUST NOT appear more than once in a response.
     if len(accept) != 1 or accept[0] != accept_key(client_key.strip()):
         raise UpstreamProtocolError("the upstream's Sec-WebSocket-Accept does not match the client's key")
-    protocol = head.getall("Sec-WebSocket-Protocol")
+    protocol = headers.getall("Sec-WebSocket-Protocol", [])
     # RFC 6455 §11.3.4: at most one line in a response, naming one subprotocol the client offered.
     if len(protocol) > 1 or (protocol and protocol[0] not in offered_protocols):
         raise UpstreamProtocolError("the upstream chose a subprotocol the client did not offer")
     # Client's check 5: an extension the client did not ask for fails the connection.
-    if any(_list_items(head.getall("Sec-WebSocket-Extensions"))) and not offered_extensions:
+    if any(_list_items(headers.getall("Sec-WebSocket-Extensions", []))) and not offered_extensions:
         raise UpstreamProtocolError("the upstream chose an extension although the client offered none")
 
 
@@ -626,20 +666,19 @@ def client_switching_response(head: ResponseHead) -> bytes:
     """
     if head.status != 101:
         raise UpstreamProtocolError(f"the upstream answered {head.status}, not 101 Switching Protocols")
+    headers = CIMultiDict(head.headers)  # one case-insensitive index for the three lookups
     fields = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
-    accept = head.get("Sec-WebSocket-Accept")
+    accept = headers.get("Sec-WebSocket-Accept")
     if accept is None:
         raise UpstreamProtocolError("the upstream's 101 lacks Sec-WebSocket-Accept")
     fields.append(("Sec-WebSocket-Accept", accept))
-    protocol = head.get("Sec-WebSocket-Protocol")
+    protocol = headers.get("Sec-WebSocket-Protocol")
     if protocol is not None:
         fields.append(("Sec-WebSocket-Protocol", protocol))
-    extensions = _join(head.getall("Sec-WebSocket-Extensions"), ", ")
+    extensions = _join(headers.getall("Sec-WebSocket-Extensions", []), ", ")
     if extensions is not None:
         fields.append(("Sec-WebSocket-Extensions", extensions))
-    lines = ["HTTP/1.1 101 Switching Protocols"]
-    lines += [f"{name}: {_checked_value(name, value)}" for name, value in fields]
-    return _encode("\r\n".join(lines) + "\r\n\r\n")
+    return _render_head("HTTP/1.1 101 Switching Protocols", fields)
 
 
 # Refusals that describe the gateway's own exchange with the upstream, not the client's request: passing
@@ -678,18 +717,18 @@ def _list_items(values: Sequence[str]) -> list[str]:
 def _nonempty(value: str | None) -> str | None:
     if value is None:
         return None
-    value = value.strip(" \t")
+    value = value.strip(_OWS)
     return value or None
 
 
 def _join(values: Sequence[str], separator: str) -> str | None:
     """Several field lines as one (RFC 9110 §5.3), empty ones left out; ``None`` when none remains."""
-    kept = [value.strip(" \t") for value in values if value.strip(" \t")]
+    kept = [value.strip(_OWS) for value in values if value.strip(_OWS)]
     return separator.join(kept) if kept else None
 
 
 def _first(headers: CIMultiDict[str], name: str) -> str:
-    return headers.get(name, "").strip(" \t")
+    return headers.get(name, "").strip(_OWS)
 
 
 def _checked_name(name: str) -> str:
@@ -700,7 +739,7 @@ def _checked_name(name: str) -> str:
 
 
 def _checked_value(name: str, value: str) -> str:
-    value = value.strip(" \t")
+    value = value.strip(_OWS)
     if not _FIELD_VALUE.fullmatch(value):
         raise HeaderInjectionError(
             name, "the value holds CR, LF, NUL or another character that cannot be sent in a header"
@@ -708,6 +747,15 @@ def _checked_value(name: str, value: str) -> str:
     return value
 
 
-def _encode(head: str) -> bytes:
-    # Every line was checked to be ISO-8859-1; encoding cannot fail.
-    return head.encode("latin-1")
+def _render_head(start_line: str, fields: Sequence[tuple[str, str]]) -> bytes:
+    """The head of ``start_line`` and ``fields`` (names already known to be tokens), CRLF after each line and
+    an empty line at the end. Values lose their surrounding whitespace and are checked as
+    :func:`_checked_value` does, all in one scan."""
+    lines = [f"{name}: {value.strip(_OWS)}" for name, value in fields]
+    # Names are tokens and ": " is sendable: this fails exactly when some value holds a character that is not.
+    if not _FIELD_VALUE.fullmatch("".join(lines)):
+        # Only for the refusal: one value at a time, to name the first header that cannot be sent.
+        for name, value in fields:
+            _checked_value(name, value)
+    # Every value was checked to be ISO-8859-1 and names and start lines are ASCII: encoding cannot fail.
+    return "\r\n".join([start_line, *lines, "", ""]).encode("latin-1")
