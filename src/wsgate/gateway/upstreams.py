@@ -38,6 +38,8 @@ class UpstreamPool:
         start = self._next
         self._next = (self._next + 1) % len(self.urls)
         rotated = self.urls[start:] + self.urls[:start]
+        if not self._benched_until:  # the usual case, on every proxied handshake
+            return list(rotated)
         now = self._clock()
         healthy = [url for url in rotated if self._benched_until.get(url, 0.0) <= now]
         benched = sorted(
