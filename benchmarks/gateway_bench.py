@@ -88,12 +88,14 @@ PATH = "/ws"
 PEERS = Path(__file__).resolve().parent / "peers"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-TARGETS = ("direct", "nginx", "hpm", "wsgate")
+TARGETS = ("direct", "nginx", "hpm", "wsgate", "floor")
+DEFAULT_TARGETS = ("direct", "nginx", "hpm", "wsgate")  # "floor" on request: benchmarks/peers/floor_relay.py
 LABELS = {
     "direct": "direct",
     "nginx": "nginx",
     "hpm": "express+HPM",
     "wsgate": "wsgate",
+    "floor": "floor relay",
 }
 
 ECHO_CONNECTIONS = 50
@@ -1251,6 +1253,9 @@ def make_peer(name: str, workdir: Path, port: int, upstream_port: int, token: st
     if name == "hpm":
         command = ["node", str(PEERS / "hpm_proxy.js"), str(port), f"http://{HOST}:{upstream_port}"]
         return Peer("express+HPM", command, env, log)
+    if name == "floor":
+        command = [sys.executable, str(PEERS / "floor_relay.py"), str(port), str(upstream_port)]
+        return Peer(LABELS[name], command, env, log)
     if name == "wsgate":
         config_path = workdir / "gateway.toml"
         config_path.write_text(
@@ -1580,8 +1585,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A B C D (default: 3)")
     parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)}, in alternation order (default: all)",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)}, in alternation order (default: "
+        f"{','.join(DEFAULT_TARGETS)}; floor is a bare uvloop relay without any check, the least a Python "
+        "proxy can cost)",
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="echo and bulk windows (default: 3)")
     parser.add_argument("--handshake-seconds", type=float, default=2.0, help="handshake windows (default: 2)")
