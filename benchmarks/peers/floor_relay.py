@@ -1,4 +1,4 @@
-"""The floor: the least a Python WebSocket proxy on uvloop can do, for the gateway benchmark's ``floor`` target.
+"""The floor: the least a Python WebSocket proxy on uvloop can do (the gateway benchmark's ``floor`` target).
 
     WS_TOKEN=... python floor_relay.py PORT UPSTREAM_PORT
 
@@ -77,7 +77,7 @@ class Client(Side):
                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
                 b"token: " + self.token + b"\r\n\r\n"
             )
-            # Bytes behind the head would be the client's first frames; the benchmark sends none before the 101.
+            # Bytes behind the head would be the client's first frames; the benchmark sends none so early.
             asyncio.get_running_loop().create_task(self.connect(request))
 
     async def connect(self, request: bytes) -> None:
