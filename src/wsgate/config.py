@@ -35,6 +35,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from wsgate.errors import ConfigError
+from wsgate.http_head import TOKEN_TEXT
 from wsgate.secret import MASK, Secret
 from wsgate.units import format_duration, format_size, parse_duration, parse_size
 
@@ -657,8 +658,6 @@ def _signing_key(value: object, key: str, ctx: _Context) -> Secret:
 
 _LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,5})")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-# RFC 7230 §3.2.6: field-name = token = 1*tchar.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Headers that frame the connection or that the gateway sets itself; injecting them would break the upgrade
 # or, for Origin, defeat the upstream's own Origin check.
 _RESERVED_HEADERS = frozenset(
@@ -687,7 +686,7 @@ def _listen(value: object, key: str, ctx: _Context) -> Address:
 
 def _header_name(name: str, key: str) -> str:
     """A header name in lower case (HTTP field names are case-insensitive)."""
-    if not _HEADER_NAME.fullmatch(name):
+    if not TOKEN_TEXT.fullmatch(name):  # RFC 9110 §5.6.2: field-name = token
         raise ConfigError(
             key, f"{name!r} is not a valid HTTP header name (RFC 7230 §3.2.6)", 'use e.g. "token"'
         )

@@ -25,6 +25,8 @@ TCHARS: Final = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 FIELD_VCHARS: Final = r"\x21-\x7e\x80-\xff"
 FIELD_CHARS: Final = rf"\t\x20{FIELD_VCHARS}"
 TOKEN: Final = re.compile(rf"[{TCHARS}]+".encode("ascii"))
+# The same for text: field names as the gateway and its configuration hold them, token values (RFC 7239).
+TOKEN_TEXT: Final = re.compile(rf"[{TCHARS}]+")
 FIELD_VALUE: Final = re.compile(rf"[{FIELD_CHARS}]*".encode("ascii"))
 # origin-form or absolute-form targets are visible ASCII without spaces (§3.2); the version is 1.0 or 1.1.
 _REQUEST_LINE: Final = re.compile(rf"([{TCHARS}]+) ([\x21-\x7e]+) HTTP/1\.([01])".encode("ascii"))

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 
-# RFC 9110 §5.6.2 token.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+from wsgate.http_head import TOKEN_TEXT
 
 
 # Parsing an address with ipaddress is a fifth of building an upstream request; clients reconnect from the
@@ -49,6 +47,6 @@ def forwarded_element(peer: str | None, scheme: str, host: str | None) -> str:
 
 def _token_or_quoted(value: str) -> str:
     """RFC 7239 §4: value = token / quoted-string (RFC 9110 §5.6.4, escaping ``"`` and ``\\``)."""
-    if _TOKEN.fullmatch(value):
+    if TOKEN_TEXT.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -58,6 +58,7 @@ from wsgate.config import Route
 from wsgate.errors import WsgateError
 from wsgate.gateway.forwarded import forwarded_element, forwarded_for
 from wsgate.gateway.upgrade import UpstreamTarget
+from wsgate.http_head import TOKEN_TEXT
 
 __all__ = [
     "HOP_BY_HOP",
@@ -82,8 +83,6 @@ HOP_BY_HOP: Final = frozenset(
 _GATEWAY_WRITES: Final = frozenset({"host", "expect", "forwarded", "x-real-ip"})
 _STRIPPED_PREFIXES: Final = ("proxy-", "x-forwarded-")
 
-# RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 §5.5: field values are VCHAR, obs-text, SP and HTAB; anything else (CR, LF, NUL, other controls)
 # would end or corrupt the head. Lone surrogates are bytes that were not UTF-8 (see the module docstring).
 _UNSENDABLE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
@@ -241,7 +240,7 @@ def _is_hop_by_hop(lowered: str, options: frozenset[str]) -> bool:
 
 
 def _sendable(name: str, value: str) -> bool:
-    return _TOKEN.fullmatch(name) is not None and _UNSENDABLE_VALUE.search(value) is None
+    return TOKEN_TEXT.fullmatch(name) is not None and _UNSENDABLE_VALUE.search(value) is None
 
 
 def request_headers(

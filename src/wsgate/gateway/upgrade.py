@@ -56,7 +56,7 @@ from wsgate.handshake import (
     header_tokens,
     single_header,
 )
-from wsgate.http_head import FIELD_CHARS, TCHARS, field_values, parse_field_block
+from wsgate.http_head import FIELD_CHARS, TOKEN_TEXT, field_values, parse_field_block
 
 __all__ = [
     "MAX_HEADERS",
@@ -94,8 +94,6 @@ MAX_SUBJECT_LENGTH: Final = 200
 _DEFAULT_PORTS: Final = {"ws": 80, "wss": 443, "http": 80, "https": 443}
 _SECURE_SCHEMES: Final = frozenset({"wss", "https"})
 
-# RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(f"[{TCHARS}]+")
 # RFC 9110 §5.5: field-value = *field-content of field-vchar (VCHAR / obs-text), SP and HTAB. Everything
 # else - NUL, CR, LF (which would end the line and start a header of the sender's choosing), other C0
 # controls and DEL - is refused, and nothing beyond U+00FF exists in an ISO-8859-1 head.
@@ -732,7 +730,7 @@ def _first(headers: CIMultiDict[str], name: str) -> str:
 
 
 def _checked_name(name: str) -> str:
-    if not _TOKEN.fullmatch(name):
+    if not TOKEN_TEXT.fullmatch(name):
         # The name itself may be what is broken, so it is shown escaped (repr) and shortened.
         raise HeaderInjectionError(repr(name[:40]), "is not a valid header name (RFC 9110 §5.6.2 token)")
     return name
