@@ -65,6 +65,7 @@ try:
         process_tree,
         rss_bytes,
         run_delay,
+        source_version,
     )
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from procstat import (  # type: ignore[no-redef,import-not-found]
@@ -75,6 +76,7 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
         process_tree,
         rss_bytes,
         run_delay,
+        source_version,
     )
 
 try:  # aiohttp's C (Cython) XOR, in place: ~1 µs per 64 KiB, where pure Python takes ~90 µs
@@ -1041,21 +1043,29 @@ async def run_target(bench: Bench, target: Target) -> dict[str, Any]:
             if target.name == "wsgate":
                 result["uvloop"] = maps_library(peer.pid, "uvloop/loop")
         await warm_up(target)
-        if peer is not None and args.idle_connections:
+        wanted = args.scenarios
+        if peer is not None and "idle" in wanted:
             result["idle"] = await measure_idle(bench, target)
-        result["echo"] = await measure_echo(
-            bench, target, connections=ECHO_CONNECTIONS, size=ECHO_SIZE, window=1, rate=None
-        )
-        if args.paced_rate:
+        if "echo" in wanted:
+            result["echo"] = await measure_echo(
+                bench, target, connections=ECHO_CONNECTIONS, size=ECHO_SIZE, window=1, rate=None
+            )
+        if "paced" in wanted:
             result["paced"] = await measure_echo(
                 bench, target, connections=ECHO_CONNECTIONS, size=ECHO_SIZE, window=1, rate=args.paced_rate
             )
-        result["bulk"] = await measure_echo(
-            bench, target, connections=BULK_CONNECTIONS, size=BULK_SIZE, window=BULK_WINDOW, rate=None
-        )
-        result["stream"] = await measure_stream(bench, target, connections=BULK_CONNECTIONS, size=BULK_SIZE)
-        result["handshake_seq"] = await measure_handshakes(bench, target, 1)
-        result["handshake_conc"] = await measure_handshakes(bench, target, HANDSHAKE_CONCURRENCY)
+        if "bulk" in wanted:
+            result["bulk"] = await measure_echo(
+                bench, target, connections=BULK_CONNECTIONS, size=BULK_SIZE, window=BULK_WINDOW, rate=None
+            )
+        if "stream" in wanted:
+            result["stream"] = await measure_stream(
+                bench, target, connections=BULK_CONNECTIONS, size=BULK_SIZE
+            )
+        if "handshake_seq" in wanted:
+            result["handshake_seq"] = await measure_handshakes(bench, target, 1)
+        if "handshake_conc" in wanted:
+            result["handshake_conc"] = await measure_handshakes(bench, target, HANDSHAKE_CONCURRENCY)
     except BaseException:
         if peer is not None:
             print(f"--- {target.label} log (last lines) ---\n{peer.log_tail()}", file=sys.stderr)
@@ -1219,9 +1229,20 @@ headers = {{ token = "${{WS_TOKEN}}" }}
 """
 
 
-def make_peer(name: str, workdir: Path, port: int, upstream_port: int, token: str, connections: int) -> Peer:
-    """The proxy ``name`` listening on ``port`` in front of the echo server's ``upstream_port``."""
+def make_peer(
+    name: str,
+    workdir: Path,
+    port: int,
+    upstream_port: int,
+    token: str,
+    connections: int,
+    wsgate_src: Path | None = None,
+) -> Peer:
+    """The proxy ``name`` listening on ``port`` in front of the echo server's ``upstream_port``; wsgate from
+    ``wsgate_src`` when given (PYTHONPATH comes before the editable install)."""
     env = dict(os.environ, WS_TOKEN=token)
+    if name == "wsgate" and wsgate_src is not None:
+        env["PYTHONPATH"] = str(wsgate_src)
     log = workdir / f"{name}.log"
     if name == "nginx":
         prefix = workdir / "nginx"
@@ -1323,29 +1344,10 @@ def npm_version(package: str) -> str:
         return "not installed"
 
 
-def source_version() -> str:
-    """The commit of the wsgate being measured, and whether src/ differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return commit + (" + uncommitted changes in src/" if dirty else "")
-
-
-def machine() -> dict[str, Any]:
+def machine(wsgate_src: Path | None) -> dict[str, Any]:
     nginx = nginx_binary()
     return {
-        "wsgate": source_version(),
+        "wsgate": source_version(wsgate_src or Path(__file__).resolve().parent.parent / "src"),
         **machine_description(),
         "nginx": version_of([nginx, "-v"]) if nginx else "not installed",
         "node": version_of(["node", "--version"]),
@@ -1372,6 +1374,20 @@ def check_prerequisites(targets: Sequence[str], echo: str) -> None:
 
 
 SCENARIOS = ("echo", "paced", "bulk", "stream", "handshake_seq", "handshake_conc")
+
+
+def progress(result: dict[str, Any]) -> str:
+    """One turn's headline figures, for the line printed after it."""
+    parts = []
+    if "echo" in result:
+        parts.append(f"{result['echo']['round_trips_per_s']:8,.0f} rt/s")
+    streams = [f"{result[s]['mb_per_s']:,.0f}" for s in ("bulk", "stream") if s in result]
+    if streams:
+        parts.append(f"{'/'.join(streams):>12} MB/s")
+    if "handshake_conc" in result:
+        parts.append(f"{result['handshake_conc']['handshakes_per_s']:6,.0f} hs/s")
+    return "  ".join(parts)
+
 
 # The figures of the table: (key, label, unit, scenario, field, format). The value of a cell is the median of
 # the rounds; its min–max follows on the line below.
@@ -1520,7 +1536,8 @@ def render(
         f"  peers     {info['nginx']}; node {info['node']}, express {info['express']}, "
         f"http-proxy-middleware {info['http-proxy-middleware']} (http-proxy {info['http-proxy']})",
         f"  windows   {args.seconds:g} s per echo/bulk figure, {args.handshake_seconds:g} s per handshake "
-        f"figure, {args.idle_connections} idle tunnels; median of the rounds, min–max below it",
+        f"figure, {args.idle_connections if 'idle' in args.scenarios else 'no'} idle tunnels; "
+        "median of the rounds, min–max below it",
         "",
         row("", [LABELS[t] for t in targets]),
     ]
@@ -1632,6 +1649,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure a turn again, up to N times, when other processes disturbed one of its windows and "
         "the time limit allows (default: 1); the discarded turns are kept in the JSON",
     )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(("idle", *SCENARIOS)),
+        help=f"comma-separated subset of idle,{','.join(SCENARIOS)} (default: all; --idle-connections 0 "
+        "and --paced-rate 0 leave out idle and paced too)",
+    )
+    parser.add_argument(
+        "--wsgate-src",
+        type=Path,
+        metavar="DIR",
+        help="run wsgate from the package in DIR (e.g. the src/ of a `git worktree` of another commit) "
+        "instead of the installed one: before/after figures for a change, each against the same peers",
+    )
     parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results/)")
     parser.add_argument("--serve-echo", metavar="PORTS", help=argparse.SUPPRESS)  # the echo server process
     args = parser.parse_args(argv)
@@ -1654,6 +1684,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--wait-quiet must be between 0 and 300 and --retries between 0 and 5")
     if not 0 <= args.paced_rate <= 100_000:
         parser.error("--paced-rate must be between 0 and 100000")
+    choices = ("idle", *SCENARIOS)
+    scenarios = {name.strip() for name in args.scenarios.split(",") if name.strip()}
+    if not scenarios or not scenarios <= set(choices):
+        parser.error(f"--scenarios: a comma-separated subset of {','.join(choices)}")
+    if not args.idle_connections:
+        scenarios.discard("idle")
+    if not args.paced_rate:
+        scenarios.discard("paced")
+    args.scenarios = scenarios
+    if args.wsgate_src is not None:
+        args.wsgate_src = args.wsgate_src.resolve()
+        if not (args.wsgate_src / "wsgate" / "__init__.py").is_file():
+            parser.error(f"--wsgate-src {args.wsgate_src} holds no wsgate package")
     return args
 
 
@@ -1708,10 +1751,8 @@ async def measure(args: argparse.Namespace, run: Run, pinned: dict[str, list[int
                 result.update(round=round_index + 1, attempt=attempt + 1, others_cpus_before=others)
                 disturbed = [s for s in SCENARIOS if s in result and result[s]["verdict"] == "disturbed"]
                 print(
-                    f"round {round_index + 1}/{args.rounds} {target.label:<12} {durations[-1]:5.1f} s"
-                    f"  {result['echo']['round_trips_per_s']:8,.0f} rt/s  "
-                    f"{result['bulk']['mb_per_s']:6,.0f}/{result['stream']['mb_per_s']:,.0f} MB/s  "
-                    f"{result['handshake_conc']['handshakes_per_s']:6,.0f} hs/s"
+                    f"round {round_index + 1}/{args.rounds} {target.label:<12} {durations[-1]:5.1f} s  "
+                    + progress(result)
                     + (f"  disturbed: {', '.join(disturbed)}" if disturbed else ""),
                     file=sys.stderr,
                     flush=True,
@@ -1751,7 +1792,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"gateway_bench: {exc}", file=sys.stderr)
         return 2
-    info = machine()
+    info = machine(args.wsgate_src)
     pinned = pin_cpus(args.pin)
     if pinned is None:
         print(
@@ -1771,7 +1812,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "direct":
                 run.targets.append(Target(name, upstream_port, upstream_port, client_token=run.token))
             else:
-                peer = make_peer(name, run.workdir, port, upstream_port, run.token, connections)
+                peer = make_peer(
+                    name, run.workdir, port, upstream_port, run.token, connections, args.wsgate_src
+                )
                 run.targets.append(Target(name, port, upstream_port, peer=peer))
         ports = ",".join(str(t.upstream_port) for t in run.targets)
         env = dict(os.environ, WS_TOKEN=run.token)
@@ -1813,6 +1856,8 @@ def main(argv: list[str] | None = None) -> int:
         "handshake_window_s": args.handshake_seconds,
         "idle_connections": args.idle_connections,
         "paced_rate": args.paced_rate,
+        "scenarios": sorted(args.scenarios),
+        "wsgate_src": str(args.wsgate_src) if args.wsgate_src else None,
         "fd_limit": fd_limit,
         "cpu_pinning": pinned,
         "machine": info,

@@ -72,6 +72,7 @@ try:
         meminfo_bytes,
         rss_bytes,
         run_delay,
+        source_version,
         write_calls,
     )
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
@@ -85,6 +86,7 @@ except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.pat
         meminfo_bytes,
         rss_bytes,
         run_delay,
+        source_version,
         write_calls,
     )
 
@@ -1251,22 +1253,6 @@ def peer_versions() -> dict[str, str]:
     except ImportError:
         versions["websockets"] = "not installed"
     return versions
-
-
-def source_version(src: Path) -> str:
-    """The commit the wsgate under test (the package in ``src``) comes from, with ``+dirty`` when that
-    directory has local changes: other work in progress was measured with it."""
-
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=src, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", ".")
-    except OSError:
-        return "unknown"
-    return f"{commit}{'+dirty' if dirty else ''}" or "unknown"
 
 
 def machine() -> dict[str, Any]:

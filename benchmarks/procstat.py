@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,19 @@ def machine_description() -> dict[str, Any]:
         "uvloop": uvloop_version,
         "aiohttp": aiohttp.__version__,
     }
+
+
+def source_version(src: Path) -> str:
+    """The commit the wsgate under test (the package in ``src``) comes from, with ``+dirty`` when that
+    directory has local changes: other work in progress was measured with it."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=src, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", ".")
+    except OSError:
+        return "unknown"
+    return f"{commit}{'+dirty' if dirty else ''}" or "unknown"
