@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +26,7 @@ from wsgate.config import (
 )
 from wsgate.hub.broker import Broker
 from wsgate.hub.server import HubServer
+from wsgate.logs import access_log
 from wsgate.secret import Secret
 
 ORIGIN = "https://kiosk.example.org"
@@ -37,6 +38,14 @@ KEY_OLD = "signing-key-2026-10-0123456789abcdef0123456789"
 
 # Generous upper bound on how long any single awaited event may take on a loaded 2-core machine.
 TIMEOUT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _access_lines_stay_in_their_test() -> Iterator[None]:
+    """Access lines reach logging in batches (wsgate.logs.AccessLog): hand over what a test left behind
+    when it ends (its servers stopped), not during the next test."""
+    yield
+    access_log.flush()
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

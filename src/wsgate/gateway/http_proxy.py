@@ -68,12 +68,11 @@ from wsgate.gateway.forwarding import (
 from wsgate.gateway.tls import upstream_ssl_context
 from wsgate.gateway.upgrade import UpstreamTarget, parse_upstream
 from wsgate.gateway.upstreams import UpstreamPool
-from wsgate.logs import redact_url
+from wsgate.logs import access_log, redact_url
 
 __all__ = ["CLIENT_IDLE_TIMEOUT", "UPSTREAM_CONNECTIONS_PER_HOST", "UPSTREAM_KEEPALIVE", "HttpProxy"]
 
 log = logging.getLogger("wsgate.gateway")
-access_log = logging.getLogger("wsgate.access")
 
 # Connections kept open to one upstream host at most; requests beyond it wait for a free one (within
 # upstream_timeout). A Django deployment serves far fewer requests at once (gunicorn: 2-4 workers per core).

@@ -10,6 +10,7 @@ from wsgate.config import GatewayConfig
 from wsgate.gateway.app import Gateway
 from wsgate.gateway.tls import load_certificate, server_ssl_context
 from wsgate.http_server import Listener
+from wsgate.logs import access_log
 
 log = logging.getLogger("wsgate.gateway")
 
@@ -82,4 +83,5 @@ class GatewayServer:
         await self.listener.close()
         if self.admin is not None:
             await self.admin.close()
+        access_log.flush()  # the last tunnels' lines before the line that says it stopped
         log.info("gateway stopped")

@@ -41,9 +41,9 @@ from wsgate.gateway.upgrade import (
 from wsgate.gateway.upstreams import UpstreamPool
 from wsgate.handshake import check_upgrade, single_header
 from wsgate.http_head import RequestHead
+from wsgate.logs import access_log
 
 log = logging.getLogger("wsgate.gateway")
-access_log = logging.getLogger("wsgate.access")
 
 
 class UpstreamFailure(Exception):

@@ -35,9 +35,9 @@ from wsgate.hub.idempotency import MIN_WINDOW, IdempotencyStore
 from wsgate.hub.keepalive import Keepalive
 from wsgate.hub.metrics import HubMetrics
 from wsgate.hub.session import Session
+from wsgate.logs import access_log
 
 log = logging.getLogger("wsgate.hub")
-access_log = logging.getLogger("wsgate.access")
 
 # How long closing the hub waits for its short tasks (ends of sessions) before cancelling them.
 CLOSE_WAIT = 5.0

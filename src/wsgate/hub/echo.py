@@ -18,7 +18,6 @@ never enable it outside a test.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from wsgate.front import OnEnd, peer_address
@@ -30,8 +29,7 @@ from wsgate.hub.deflate import Inflater, accept_offer
 from wsgate.hub.frame_reader import FrameReader
 from wsgate.hub.frames import GOING_AWAY, OP_BINARY, OP_TEXT, server_frame
 from wsgate.hub.websocket import ADMISSION_ERRORS, reject
-
-access_log = logging.getLogger("wsgate.access")
+from wsgate.logs import access_log
 
 PATH = "/echo"
 

@@ -10,6 +10,7 @@ from wsgate.http_server import Listener
 from wsgate.hub.app import HubUpgrades, build_app
 from wsgate.hub.broker import Broker
 from wsgate.hub.core import Hub
+from wsgate.logs import access_log
 
 log = logging.getLogger("wsgate.hub")
 
@@ -69,4 +70,5 @@ class HubServer:
             await asyncio.gather(self.hub.drain(deadline), echo.drain(deadline))
         await self.listener.close()
         await self.hub.close()
+        access_log.flush()  # the last connections' lines before the line that says it stopped
         log.info("hub stopped")

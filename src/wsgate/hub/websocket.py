@@ -10,7 +10,6 @@ request gets its 101 written here and the transport's protocol becomes the sessi
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -22,8 +21,7 @@ from wsgate.handshake import switching_protocols
 from wsgate.http_head import RequestHead
 from wsgate.hub.core import Draining, Hub, Overloaded
 from wsgate.hub.session import Session
-
-access_log = logging.getLogger("wsgate.access")
+from wsgate.logs import access_log
 
 PATH = "/ws"
 
