@@ -53,7 +53,8 @@ class AccessLog:
     (docs/performance.md). :meth:`flush` hands over what waits at once: the servers call it when they stop,
     and it runs at exit. Outside a running event loop a line goes out at once. What this trades: a process
     killed outright (SIGKILL, the OOM killer) loses at most ``delay`` of access lines, and a line may come
-    after a warning logged later. Warnings and errors never wait: they are not access lines.
+    after a warning logged later. Warnings and errors never wait: they are not access lines. One thread
+    logs through it (the servers log access from their event loop's).
     """
 
     def __init__(self, logger: logging.Logger, *, delay: float = 0.1, max_pending: int = 1000) -> None:
