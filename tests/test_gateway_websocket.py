@@ -8,7 +8,7 @@ import base64
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +21,7 @@ from tests.conftest import TIMEOUT, free_port, tls_server_context, wait_for
 from tests.echo_upstream import EchoUpstream
 from tests.wsraw import client_frame
 from wsgate.config import Address, GatewayConfig, GatewayLimits, Route, UpstreamTls
+from wsgate.gateway.resolver import AddressInfo, Resolver, look_up
 from wsgate.gateway.server import GatewayServer
 from wsgate.gateway.upgrade import accept_key
 from wsgate.hub.frames import server_frame
@@ -315,6 +316,40 @@ async def test_one_upstream_down_among_several(
     for _ in range(4):
         assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
     assert len(upstream.handshakes) == 4
+
+
+async def test_a_named_upstream_is_reached_through_the_resolver(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    """The usual deployment names its upstream (ws://hub:9000); the gateway looks the name up once
+    (wsgate.gateway.resolver) and connects to its address."""
+    named = upstream.url.replace("127.0.0.1", "localhost")
+    gateway = await start_gateway(ws_route(named))
+    for message in ("first", "second"):
+        async with http.ws_connect(url(gateway), headers={"Origin": ORIGIN}) as ws:
+            await ws.send_str(message)
+            assert (await ws.receive(timeout=TIMEOUT)).data == message
+    assert len(upstream.handshakes) == 2
+    assert upstream.handshakes[0]["Host"] == f"localhost:{upstream.port}"  # change_origin: the name
+
+
+async def test_a_named_upstream_that_refuses_is_looked_up_again_next_time(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    """None of a name's addresses took the connection: the upstream may have moved, so the next handshake
+    looks the name up again instead of trusting the cache."""
+    hosts: list[str] = []
+
+    async def counted(host: str, port: int) -> Sequence[AddressInfo]:
+        hosts.append(host)
+        return await look_up(host, port)
+
+    gateway = await start_gateway(ws_route(f"ws://localhost:{free_port()}/ws"))
+    for proxy in gateway.gateway.websocket_proxies:
+        proxy.resolver = Resolver(lookup=counted)
+    assert await status_of(http, gateway, {"Origin": ORIGIN}) == 502
+    assert await status_of(http, gateway, {"Origin": ORIGIN}) == 502
+    assert hosts == ["localhost", "localhost"]
 
 
 async def test_wss_upstream_verified_with_the_configured_ca(

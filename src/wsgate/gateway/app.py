@@ -20,6 +20,7 @@ from wsgate.front import OnEnd, take_over
 from wsgate.gateway.capacity import ConnectionSlots
 from wsgate.gateway.http_proxy import HttpProxy
 from wsgate.gateway.metrics import GatewayMetrics
+from wsgate.gateway.resolver import Resolver
 from wsgate.gateway.static import StaticFiles
 from wsgate.gateway.websocket import WebSocketProxy
 from wsgate.http_head import RequestHead
@@ -39,6 +40,7 @@ class Gateway:
         self.websocket_proxies: list[WebSocketProxy] = []
         self.http_proxies: list[HttpProxy] = []
         self.slots = ConnectionSlots(config.limits.max_connections)
+        self.resolver = Resolver()  # shared: routes often lead to the same upstream host
         self.metrics = GatewayMetrics()
         self.metrics.connections.set_function(lambda: self.slots.active)
         self.static = StaticFiles(config.static, spa=config.spa) if config.static is not None else None
@@ -116,6 +118,7 @@ class Gateway:
             scheme=self.scheme,
             metrics=self.metrics,
             slots=self.slots,
+            resolver=self.resolver,
         )
         self.websocket_proxies.append(proxy)
         return proxy

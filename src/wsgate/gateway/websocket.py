@@ -12,7 +12,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import mint_token
@@ -22,6 +22,7 @@ from wsgate.front import OnEnd, peer_address, refuse
 from wsgate.gateway.capacity import ConnectionSlots
 from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.relay import ClientSide, Tunnel, UpstreamSide
+from wsgate.gateway.resolver import Resolver
 from wsgate.gateway.tls import upstream_ssl_context
 from wsgate.gateway.upgrade import (
     ClientRequest,
@@ -67,6 +68,7 @@ class WebSocketProxy:
         scheme: str,
         metrics: GatewayMetrics | None = None,
         slots: ConnectionSlots | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.route = route
         self.slots = slots or ConnectionSlots(limits.max_connections)
@@ -76,6 +78,7 @@ class WebSocketProxy:
         self.scheme = scheme
         self.targets = {url: parse_upstream(url) for url in route.upstream}
         self.pool = UpstreamPool(route.upstream)
+        self.resolver = resolver or Resolver()
         self.ssl_context: ssl.SSLContext | None = None
         if any(target.secure for target in self.targets.values()):
             self.ssl_context = upstream_ssl_context(route.tls, route=route.path)
@@ -296,12 +299,8 @@ class WebSocketProxy:
                     ConnectionResetError("the upstream closed the connection before answering")
                 )
 
-        transport, side = await loop.create_connection(
-            lambda: UpstreamSide(tunnel, on_head_data, on_lost),
-            target.host,
-            target.port,
-            ssl=self.ssl_context if target.secure else None,
-            server_hostname=target.host if target.secure else None,
+        transport, side = await self._open_connection(
+            target, lambda: UpstreamSide(tunnel, on_head_data, on_lost)
         )
         # (uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check here.)
         try:
@@ -311,6 +310,32 @@ class WebSocketProxy:
             transport.abort()
             raise
         return side, transport, head, parser.leftover
+
+    async def _open_connection(
+        self, target: UpstreamTarget, protocol: Callable[[], UpstreamSide]
+    ) -> tuple[asyncio.Transport, UpstreamSide]:
+        """A connection to ``target``: its addresses in turn (as ``loop.create_connection`` tries a name's),
+        looked up through the shared resolver. TLS verifies the name, not the address."""
+        loop = asyncio.get_running_loop()
+        resolver, host, port = self.resolver, target.host, target.port
+        addresses = resolver.known(host, port) or await resolver.resolve(host, port)
+        failure: OSError | None = None
+        for address in addresses:
+            try:
+                return await loop.create_connection(
+                    protocol,
+                    address,
+                    port,
+                    ssl=self.ssl_context if target.secure else None,
+                    server_hostname=host if target.secure else None,
+                )
+            except ssl.SSLCertVerificationError:
+                raise  # every address serves the same certificate
+            except OSError as exc:
+                failure = exc
+        resolver.forget(host, port)
+        assert failure is not None  # resolve() returns at least one address
+        raise failure
 
     def _refuse(
         self,
