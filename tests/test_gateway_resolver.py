@@ -114,3 +114,26 @@ async def test_known_answers_without_a_lookup_only_what_is_fresh() -> None:
     clock.now += 10.0
     assert resolver.known("localhost", 9000) is None
     assert lookups.hosts == ["localhost"]
+
+
+def test_a_lookup_cut_short_by_its_loop_ending_does_not_block_the_next() -> None:
+    lookups = Counted()
+    resolver = Resolver(lookup=lookups)
+    loop = asyncio.new_event_loop()
+    try:
+        waiter = loop.create_task(resolver.resolve("localhost", 9000))
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # one pass: the lookup is created, and has not run when the loop ends
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    finally:
+        loop.close()
+    assert waiter.cancelled()
+    assert lookups.hosts == []  # cancelled before it ran
+
+    async def resolve() -> tuple[str, ...]:
+        return await asyncio.wait_for(resolver.resolve("localhost", 9000), TIMEOUT)
+
+    assert asyncio.run(resolve()) == ("127.0.0.1",)

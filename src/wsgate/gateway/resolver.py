@@ -1,7 +1,7 @@
 """Upstream host names, looked up once per ``ttl`` and shared by every handshake that needs them.
 
 A WebSocket route's upstream is usually a name (``ws://hub:9000``). Looked up per connection, that is a
-``getaddrinfo()`` in a thread for every proxied handshake — ~85 µs of the gateway's CPU each with nothing but
+``getaddrinfo()`` in a thread for every proxied handshake — ~75 µs of the gateway's CPU each with nothing but
 ``/etc/hosts`` to read (docs/performance.md) — and 10,000 kiosks reconnecting at once would start 10,000
 lookups. aiohttp's connector keeps the HTTP routes' lookups for 10 s; this does the same for the WebSocket
 routes: one lookup per name and port at a time, its addresses kept for ``ttl`` seconds, forgotten as soon as
@@ -69,7 +69,7 @@ class Resolver:
         lookup = self._lookups.get(key)
         if lookup is None:
             lookup = asyncio.get_running_loop().create_task(self._look_up(host, port))
-            lookup.add_done_callback(_consume)
+            lookup.add_done_callback(functools.partial(self._looked_up, key))
             self._lookups[key] = lookup
         # Shielded: a handshake that gives up (its client left, its deadline passed) must not cancel the
         # lookup the others wait for.
@@ -80,23 +80,20 @@ class Resolver:
         self._cache.pop((host, port), None)
 
     async def _look_up(self, host: str, port: int) -> tuple[str, ...]:
-        key = (host, port)
-        try:
-            infos = await self._lookup(host, port)
-            addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))  # in order, once each
-            if not addresses:
-                raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
-            self._cache[key] = (self._clock() + self._ttl, addresses)
-            return addresses
-        finally:
-            del self._lookups[key]
+        infos = await self._lookup(host, port)
+        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))  # in order, once each
+        if not addresses:
+            raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
+        self._cache[(host, port)] = (self._clock() + self._ttl, addresses)
+        return addresses
 
-
-def _consume(lookup: asyncio.Task[tuple[str, ...]]) -> None:
-    # A failure every waiter gave up on is still the lookup's to report: asyncio would otherwise log it as
-    # never retrieved. The waiters that remain get it through the shield.
-    if not lookup.cancelled():
-        lookup.exception()
+    def _looked_up(self, key: tuple[str, int], lookup: asyncio.Task[tuple[str, ...]]) -> None:
+        # Here and not in _look_up: a lookup cancelled before it ran (the loop shutting down) ends too.
+        self._lookups.pop(key, None)
+        if not lookup.cancelled():
+            # Marks a failure as seen: when every waiter has given up, asyncio would otherwise log it as
+            # never retrieved. The waiters that remain get it through the shield.
+            lookup.exception()
 
 
 @functools.lru_cache(maxsize=256)  # a gateway has a handful of upstream hosts
