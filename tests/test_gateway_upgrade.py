@@ -1526,3 +1526,25 @@ def test_the_offer_reads_the_headers_as_client_get_does(extra: list[tuple[str, s
             item.strip() for value in client.getall("Sec-WebSocket-Extensions") for item in value.split(",")
         ),
     )
+
+
+# ClientRequest and ResponseHead look headers up through a multidict; names compare as str.lower() makes
+# them, whatever the multidict version folds with (older ones used str.title()).
+_HEADER_NAMES = st.one_of(
+    st.sampled_from(
+        ["Upgrade", "UPGRADE", "sec-websocket-key", "Sec-WebSocket-\u212aey", "\u017fec-websocket-key"]
+    ),
+    st.sampled_from(["Stra\u00dfe", "STRASSE", "\u0130", "i\u0307", "\u01c5", "\u01c4", "\u01c6"]),
+    st.text(max_size=6),
+)
+
+
+@given(fields=st.lists(st.tuples(_HEADER_NAMES, st.text(max_size=3)), max_size=8), name=_HEADER_NAMES)
+def test_header_lookups_ignore_case_as_str_lower_does(fields: list[tuple[str, str]], name: str) -> None:
+    client = ClientRequest("GET", "/", fields, "", "http", None)
+    head = ResponseHead(101, "Switching Protocols", tuple(fields))
+    for looked_up in (name, "Upgrade", "Connection", "Sec-WebSocket-Key", "Strasse"):
+        expected = [value for key, value in fields if key.lower() == looked_up.lower()]
+        for record in (client, head):
+            assert record.getall(looked_up) == expected
+            assert record.get(looked_up) == next(iter(expected), None)

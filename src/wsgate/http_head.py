@@ -9,7 +9,6 @@ it differently.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -63,12 +62,6 @@ class RequestHead:
     @property
     def path(self) -> str:
         return self.target.partition("?")[0]
-
-
-def field_values(fields: Sequence[tuple[str, str]], name: str) -> list[str]:
-    """Every value of header ``name`` (case-insensitive) among ``fields``, in order; empty when absent."""
-    lowered = name.lower()
-    return [value for key, value in fields if key.lower() == lowered]
 
 
 def request_path(line: bytes) -> str | None:

@@ -40,11 +40,11 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from wsgate.config import Route
 from wsgate.errors import WsgateError
@@ -56,7 +56,7 @@ from wsgate.handshake import (
     header_tokens,
     single_header,
 )
-from wsgate.http_head import FIELD_CHARS, TOKEN_TEXT, field_values, parse_field_block
+from wsgate.http_head import FIELD_CHARS, TOKEN_TEXT, parse_field_block
 
 __all__ = [
     "MAX_HEADERS",
@@ -242,7 +242,8 @@ class ClientRequest:
     ``target`` is the raw request-target (path and optional query); ``headers`` are the raw header lines in
     order, original case, names possibly repeated (stored as a tuple); ``peer`` the client's IP address
     (``""`` when unknown); ``scheme`` ``"http"`` or ``"https"``, how the client reached the gateway;
-    ``host`` the client's ``Host`` header, ``None`` when it sent none.
+    ``host`` the client's ``Host`` header, ``None`` when it sent none; ``by_name`` the header lines looked up
+    case-insensitively (derived from ``headers``).
     """
 
     method: str
@@ -251,18 +252,21 @@ class ClientRequest:
     peer: str
     scheme: str
     host: str | None
+    by_name: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # A snapshot: a list the caller keeps mutating must not change what a frozen record says.
-        object.__setattr__(self, "headers", tuple([(str(n), str(v)) for n, v in self.headers]))
+        headers = tuple([(str(n), str(v)) for n, v in self.headers])
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "by_name", CIMultiDictProxy(CIMultiDict(headers)))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``default``."""
-        return next(iter(field_values(self.headers, name)), default)
+        return self.by_name.get(name, default)
 
     def getall(self, name: str) -> list[str]:
         """Every value of header ``name`` (case-insensitive), in order; empty when absent."""
-        return field_values(self.headers, name)
+        return self.by_name.getall(name, [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,11 +285,10 @@ def websocket_offer(client: ClientRequest) -> WebSocketOffer:
     Subprotocol names keep their case: browsers compare the server's choice byte for byte with what they
     offered (RFC 6455 §4.1 item 6 of the client's checks; WHATWG WebSocket "establish a connection").
     """
-    headers = CIMultiDict(client.headers)  # one case-insensitive index for the three lookups
     return WebSocketOffer(
-        key=(headers.get("Sec-WebSocket-Key") or "").strip(),
-        protocols=tuple(_list_items(headers.getall("Sec-WebSocket-Protocol", []))),
-        extensions=any(_list_items(headers.getall("Sec-WebSocket-Extensions", []))),
+        key=(client.get("Sec-WebSocket-Key") or "").strip(),
+        protocols=tuple(_list_items(client.getall("Sec-WebSocket-Protocol"))),
+        extensions=any(_list_items(client.getall("Sec-WebSocket-Extensions"))),
     )
 
 
@@ -356,7 +359,7 @@ def build_websocket_request(
         raise ValueError(f"route {route.path!r} is not a WebSocket route")
     if client.scheme not in ("http", "https"):
         raise ValueError("client.scheme must be 'http' or 'https'")
-    headers = CIMultiDict(client.headers)
+    headers = client.by_name
     # The caller checked the upgrade already; checking again costs little and keeps this function from ever
     # emitting a request the upstream could take for something other than a WebSocket handshake.
     check_upgrade(client.method, headers)
@@ -388,7 +391,7 @@ def build_websocket_request(
     return _render_head(f"GET {_request_target(upstream.path, client.target)} HTTP/1.1", fields)
 
 
-def _client_fields(route: Route, headers: CIMultiDict[str]) -> list[tuple[str, str | None]]:
+def _client_fields(route: Route, headers: CIMultiDictProxy[str]) -> list[tuple[str, str | None]]:
     """The client's headers that go upstream (the allowlist), ``None`` for those it did not send."""
     fields = [
         # RFC 6455 §11.3.2 and §11.3.4: these may repeat; one line with the values joined means the same.
@@ -473,20 +476,25 @@ def _request_target(upstream_path: str, client_target: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ResponseHead:
     """A parsed response head. ``headers`` are in order, original case, values without surrounding
-    whitespace; ``http_version`` is ``"1.1"`` or ``"1.0"``."""
+    whitespace; ``http_version`` is ``"1.1"`` or ``"1.0"``; ``by_name`` the headers looked up
+    case-insensitively (derived from ``headers``)."""
 
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...]
     http_version: str = "1.1"
+    by_name: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", CIMultiDictProxy(CIMultiDict(self.headers)))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``default``."""
-        return next(iter(field_values(self.headers, name)), default)
+        return self.by_name.get(name, default)
 
     def getall(self, name: str) -> list[str]:
         """Every value of header ``name`` (case-insensitive), in order; empty when absent."""
-        return field_values(self.headers, name)
+        return self.by_name.getall(name, [])
 
 
 class ResponseHeadParser:
@@ -635,23 +643,22 @@ def check_switching_protocols(
     if head.http_version != "1.1":
         # RFC 9110 §15.2: 1xx does not exist in HTTP/1.0, and Upgrade is an HTTP/1.1 mechanism (§7.8).
         raise UpstreamProtocolError("the upstream switched protocols over HTTP/1.0")
-    headers = CIMultiDict(head.headers)  # one case-insensitive index for the five lookups
-    upgrade = headers.getall("Upgrade", [])
+    upgrade = head.getall("Upgrade")
     # Client's check 2: an Upgrade value that is not, case-insensitively, "websocket" fails the connection.
     if len(upgrade) != 1 or upgrade[0].lower() != "websocket":
         raise UpstreamProtocolError("the upstream's 101 does not say 'Upgrade: websocket'")
-    if "upgrade" not in header_tokens(", ".join(headers.getall("Connection", []))):
+    if "upgrade" not in header_tokens(", ".join(head.getall("Connection"))):
         raise UpstreamProtocolError("the upstream's 101 lacks 'Connection: Upgrade'")
-    accept = headers.getall("Sec-WebSocket-Accept", [])
+    accept = head.getall("Sec-WebSocket-Accept")
     # RFC 6455 §11.3.3: Sec-WebSocket-Accept MUST NOT appear more than once in a response.
     if len(accept) != 1 or accept[0] != accept_key(client_key.strip()):
         raise UpstreamProtocolError("the upstream's Sec-WebSocket-Accept does not match the client's key")
-    protocol = headers.getall("Sec-WebSocket-Protocol", [])
+    protocol = head.getall("Sec-WebSocket-Protocol")
     # RFC 6455 §11.3.4: at most one line in a response, naming one subprotocol the client offered.
     if len(protocol) > 1 or (protocol and protocol[0] not in offered_protocols):
         raise UpstreamProtocolError("the upstream chose a subprotocol the client did not offer")
     # Client's check 5: an extension the client did not ask for fails the connection.
-    if any(_list_items(headers.getall("Sec-WebSocket-Extensions", []))) and not offered_extensions:
+    if any(_list_items(head.getall("Sec-WebSocket-Extensions"))) and not offered_extensions:
         raise UpstreamProtocolError("the upstream chose an extension although the client offered none")
 
 
@@ -664,16 +671,15 @@ def client_switching_response(head: ResponseHead) -> bytes:
     """
     if head.status != 101:
         raise UpstreamProtocolError(f"the upstream answered {head.status}, not 101 Switching Protocols")
-    headers = CIMultiDict(head.headers)  # one case-insensitive index for the three lookups
     fields = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
-    accept = headers.get("Sec-WebSocket-Accept")
+    accept = head.get("Sec-WebSocket-Accept")
     if accept is None:
         raise UpstreamProtocolError("the upstream's 101 lacks Sec-WebSocket-Accept")
     fields.append(("Sec-WebSocket-Accept", accept))
-    protocol = headers.get("Sec-WebSocket-Protocol")
+    protocol = head.get("Sec-WebSocket-Protocol")
     if protocol is not None:
         fields.append(("Sec-WebSocket-Protocol", protocol))
-    extensions = _join(headers.getall("Sec-WebSocket-Extensions", []), ", ")
+    extensions = _join(head.getall("Sec-WebSocket-Extensions"), ", ")
     if extensions is not None:
         fields.append(("Sec-WebSocket-Extensions", extensions))
     return _render_head("HTTP/1.1 101 Switching Protocols", fields)
@@ -725,7 +731,7 @@ def _join(values: Sequence[str], separator: str) -> str | None:
     return separator.join(kept) if kept else None
 
 
-def _first(headers: CIMultiDict[str], name: str) -> str:
+def _first(headers: CIMultiDictProxy[str], name: str) -> str:
     return headers.get(name, "").strip(_OWS)
 
 
