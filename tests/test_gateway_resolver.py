@@ -15,14 +15,17 @@ from wsgate.gateway.resolver import AddressInfo, Resolver, look_up
 
 
 class Counted:
-    """The system's resolver, counting the lookups it is asked for; ``gate``, when set, holds them back."""
+    """The system's resolver, counting the lookups it is asked for (``started`` is set at the first);
+    ``gate``, when set, holds them back."""
 
     def __init__(self) -> None:
         self.hosts: list[str] = []
+        self.started = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
     async def __call__(self, host: str, port: int) -> Sequence[AddressInfo]:
         self.hosts.append(host)
+        self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         return await look_up(host, port)
@@ -53,7 +56,8 @@ async def test_handshakes_that_need_a_name_at_once_share_one_lookup() -> None:
     lookups.gate = asyncio.Event()
     resolver = Resolver(lookup=lookups)
     waiting = [asyncio.create_task(resolver.resolve("localhost", 9000)) for _ in range(50)]
-    await asyncio.sleep(0)  # every task is now waiting on the one lookup
+    # The lookup starts only after all 50 have asked (they ran first, in the order they were created).
+    await asyncio.wait_for(lookups.started.wait(), TIMEOUT)
     lookups.gate.set()
     results = await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT)
     assert set(results) == {("127.0.0.1",)}
@@ -66,7 +70,7 @@ async def test_a_handshake_that_gives_up_does_not_cancel_the_lookup_others_wait_
     resolver = Resolver(lookup=lookups)
     leaving = asyncio.create_task(resolver.resolve("localhost", 9000))
     staying = asyncio.create_task(resolver.resolve("localhost", 9000))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(lookups.started.wait(), TIMEOUT)  # both wait on the lookup
     leaving.cancel()
     lookups.gate.set()
     assert await asyncio.wait_for(staying, TIMEOUT) == ("127.0.0.1",)
