@@ -33,12 +33,13 @@ class UtcFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
-            return f"{time.strftime(datefmt, time.gmtime(record.created))}.{int(record.msecs):03d}Z"
-        second, text = self._second
-        if int(record.created) != second:
-            second = int(record.created)
-            text = time.strftime(self.default_time_format, time.gmtime(second))
-            self._second = (second, text)
+            text = time.strftime(datefmt, time.gmtime(record.created))
+        else:
+            second, text = self._second
+            if int(record.created) != second:
+                second = int(record.created)
+                text = time.strftime(self.default_time_format, time.gmtime(second))
+                self._second = (second, text)
         return f"{text}.{int(record.msecs):03d}Z"
 
 
