@@ -12,15 +12,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import aiohttp
 import pytest
 import trustme
 
+import wsgate.gateway.websocket as websocket_module
 from tests.conftest import TIMEOUT, free_port, tls_server_context, wait_for
 from tests.echo_upstream import EchoUpstream
 from tests.wsraw import client_frame
-from wsgate.config import Address, GatewayConfig, GatewayLimits, Route, UpstreamTls
+from wsgate.auth.tokens import mint_token
+from wsgate.config import Address, GatewayConfig, GatewayLimits, MintConfig, Route, UpstreamTls
 from wsgate.gateway.resolver import AddressInfo, Resolver, look_up
 from wsgate.gateway.server import GatewayServer
 from wsgate.gateway.upgrade import accept_key
@@ -635,3 +638,96 @@ async def test_a_head_that_arrives_a_byte_at_a_time_is_assembled(
     assert head.startswith(b"HTTP/1.1 101")
     assert await echo_through(reader, writer, b"trickled") == b"trickled"
     writer.close()
+
+
+# --- handshakes answered from memory (wsgate.gateway.memo) ---------------------------------------------
+
+
+async def test_a_repeated_handshake_is_answered_from_memory_exactly_as_the_first(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    """A reconnecting client sends the same head with a new key: the gateway replays what it built for the
+    first (upstream request, client 101) with the new key, and the upstream sees the same request."""
+    gateway = await start_gateway(ws_route(upstream.url))
+    (proxy,) = gateway.gateway.websocket_proxies
+    for attempt in range(3):
+        # aiohttp checks the 101's Sec-WebSocket-Accept against the key it sent.
+        async with http.ws_connect(url(gateway), headers={"Origin": ORIGIN}, protocols=["chat.v1"]) as ws:
+            assert ws.protocol == "chat.v1"
+            await ws.send_str(f"hello {attempt}")
+            assert (await ws.receive(timeout=TIMEOUT)).data == f"hello {attempt}"
+    assert proxy.plans is not None
+    assert (len(proxy.plans), len(proxy.answers)) == (1, 1)
+    keys = [seen["Sec-WebSocket-Key"] for seen in upstream.handshakes]
+    assert len(set(keys)) == 3  # each connection's own key went upstream
+    without_key = [
+        [(name, value) for name, value in seen.raw_items() if name.lower() != "sec-websocket-key"]
+        for seen in upstream.handshakes
+    ]
+    assert without_key[0] == without_key[1] == without_key[2]
+    assert ("token", SECRET) in without_key[0]
+
+
+async def test_a_remembered_head_with_another_origin_is_checked_afresh(
+    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway(ws_route(upstream.url))
+    assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
+    assert await status_of(http, gateway, {"Origin": "https://evil.example.com"}) == 403
+    assert len(upstream.handshakes) == 1
+
+
+async def test_a_remembered_101_whose_accept_is_wrong_next_time_is_refused(
+    start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    """The upstream's answer is recalled by its shape, without its accept; the accept itself is checked
+    against each connection's key every time, so an upstream replaying an earlier 101 is refused (502)."""
+    first_accept: list[str] = []
+
+    async def replaying_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"(?i)\r\nsec-websocket-key: *([^\r]*)", head)
+        assert key is not None
+        if not first_accept:
+            first_accept.append(accept_key(key[1].decode()))
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {first_accept[0]}\r\n\r\n".encode()
+        )
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(replaying_upstream, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        gateway = await start_gateway(ws_route(f"ws://127.0.0.1:{port}/ws"))
+        (proxy,) = gateway.gateway.websocket_proxies
+        assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
+        assert len(proxy.answers) == 1
+        assert await status_of(http, gateway, {"Origin": ORIGIN}) == 502
+    finally:
+        server.close()
+
+
+async def test_a_route_that_mints_tokens_builds_every_upstream_request_afresh(
+    start_gateway: StartGateway, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A minted token expires: a remembered upstream request would carry a stale one."""
+    minted: list[str] = []
+
+    def counting_mint(**claims: Any) -> str:
+        token = mint_token(**claims)
+        minted.append(token)
+        return token
+
+    monkeypatch.setattr(websocket_module, "mint_token", counting_mint)
+    anyone = await EchoUpstream(token=None).start()
+    try:
+        gateway = await start_gateway(ws_route(anyone.url, mint=MintConfig(key=Secret("k" * 32))))
+        for _ in range(3):
+            assert await status_of(http, gateway, {"Origin": ORIGIN}) == 101
+        assert len(minted) == 3
+        sent = [seen["Authorization"] for seen in anyone.handshakes]
+        assert sent == [f"Bearer {token}" for token in minted]
+    finally:
+        await anyone.stop()

@@ -9,7 +9,7 @@ it differently.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -50,7 +50,8 @@ MAX_LINE: Final = 8190
 class RequestHead:
     """A parsed request head. ``target`` is the request-target as sent; ``path`` is it without the query;
     ``fields`` are the header lines in order and original case (latin-1 decoded, one byte one character);
-    ``headers`` looks them up case-insensitively; ``size`` is the head's length on the wire."""
+    ``headers`` looks them up case-insensitively; ``size`` is the head's length on the wire; ``raw`` the
+    head as received, when it was parsed from bytes (``b""`` when aiohttp parsed it)."""
 
     method: str
     target: str
@@ -58,6 +59,7 @@ class RequestHead:
     fields: tuple[tuple[str, str], ...]
     headers: CIMultiDictProxy[str]
     size: int
+    raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def path(self) -> str:
@@ -156,4 +158,5 @@ def parse_request_head(raw: bytes) -> RequestHead:
         fields=tuple(fields),
         headers=CIMultiDictProxy(CIMultiDict(fields)),
         size=size - start,
+        raw=raw,
     )

@@ -13,6 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from wsgate.auth.origins import OriginPolicy
 from wsgate.auth.tokens import mint_token
@@ -20,6 +21,7 @@ from wsgate.config import SUBJECT_PLACEHOLDER, GatewayLimits, Route
 from wsgate.errors import AuthError, HandshakeError
 from wsgate.front import OnEnd, peer_address, refuse
 from wsgate.gateway.capacity import ConnectionSlots
+from wsgate.gateway.memo import Answers, Memory, Shape, Switched, Unrecalled, UpgradePlan, request_shape
 from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.relay import ClientSide, Tunnel, UpstreamSide
 from wsgate.gateway.resolver import Resolver
@@ -56,6 +58,16 @@ class UpstreamFailure(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The upstream's response head as parsed, the bytes that followed it, and what to remember it by once it
+    has passed the checks (``None``: it can't be remembered; :mod:`wsgate.gateway.memo`)."""
+
+    head: ResponseHead
+    leftover: bytes
+    seen: Unrecalled | None
+
+
 class WebSocketProxy:
     """Proxies WebSocket upgrades on one route to its upstreams."""
 
@@ -86,6 +98,10 @@ class WebSocketProxy:
         self.tunnels: set[Tunnel] = set()
         # Looked up once: every tunnel's end counts in it.
         self._ended_tunnels = self.metrics.requests.labels(route.path, "101")
+        # Handshakes that differ only in their key, answered from memory (wsgate.gateway.memo). A route that
+        # mints a token per connection builds every upstream request afresh.
+        self.plans: Memory[tuple[str, Shape], UpgradePlan] | None = None if route.mint else Memory()
+        self.answers = Answers()
 
     # --- the request --------------------------------------------------------------------------------
 
@@ -100,16 +116,7 @@ class WebSocketProxy:
             status, message, headers = refusal
             return self._refuse(transport, status, message, "capacity", peer, started, on_end, headers)
         try:
-            check_upgrade(head.method, head.headers)
-            self.origins.check(single_header(head.headers, "Origin"))
-            client = ClientRequest(
-                head.method, head.target, head.fields, peer, self.scheme, head.headers.get("Host")
-            )
-            injected = self._injected_headers(head.target)
-            requests = {
-                url: build_websocket_request(self.route, target, client, injected=injected)
-                for url, target in self.targets.items()
-            }
+            requests, offer = self._upstream_requests(head, peer)
         except HandshakeError as exc:
             return self._refuse(transport, exc.status, exc.message, "bad_handshake", peer, started, on_end,
                                 exc.headers)  # fmt: skip
@@ -128,9 +135,36 @@ class WebSocketProxy:
         self.slots.acquire()
         self.tunnels.add(tunnel)
         tunnel.done.add_done_callback(lambda _: self._ended(tunnel, started))
-        tunnel.opening = tunnel.loop.create_task(
-            self._open(tunnel, side, requests, websocket_offer(client), peer, started)
-        )
+        tunnel.opening = tunnel.loop.create_task(self._open(tunnel, side, requests, offer, peer, started))
+
+    def _upstream_requests(self, head: RequestHead, peer: str) -> tuple[dict[str, bytes], WebSocketOffer]:
+        """The checks, then the request for each upstream URL and the client's offer; raises the refusal.
+
+        A head that differs from one already passed only in its key gets that one's requests with its key in
+        them, unchecked again: the checks' outcome is the same (:mod:`wsgate.gateway.memo`).
+        """
+        plans = self.plans
+        found = request_shape(head.raw) if plans is not None and head.raw else None
+        if plans is not None and found is not None:
+            shape, key = found
+            plan = plans.get((peer, shape))
+            if plan is not None:
+                return plan.fill(key)
+        check_upgrade(head.method, head.headers)
+        self.origins.check(single_header(head.headers, "Origin"))
+        host = head.headers.get("Host")
+        client = ClientRequest(head.method, head.target, head.fields, peer, self.scheme, host)
+        injected = self._injected_headers(head.target)
+        requests = {
+            url: build_websocket_request(self.route, target, client, injected=injected)
+            for url, target in self.targets.items()
+        }
+        offer = websocket_offer(client)
+        if plans is not None and found is not None:
+            plan = UpgradePlan.of(requests, offer)
+            if plan is not None:
+                plans.put((peer, found[0]), plan)
+        return requests, offer
 
     async def _open(
         self,
@@ -144,30 +178,37 @@ class WebSocketProxy:
         """The upstream handshake, then the hand-over to the relay or the client's answer."""
         client = tunnel.client
         try:
-            upstream_url, side, upstream_transport, head, leftover = await self._connect(requests, tunnel)
+            upstream_url, side, upstream_transport, answer = await self._connect(requests, offer, tunnel)
         except UpstreamFailure as exc:
             tunnel.opening = None
             self._refuse(client, exc.status, exc.reason, "upstream", peer, started, client_side.on_end)
             tunnel.close("refused")
             return
         tunnel.opening = None
-        if head.status != 101:
-            upstream_transport.close()
-            status = upstream_refusal_status(head)
-            message = f"the upstream refused the connection ({head.status})"
-            self._refuse(client, status, message, "upstream_refused", peer, started, client_side.on_end)
-            tunnel.close("refused")
-            return
-        try:
-            check_switching_protocols(head, offer.key, offer.protocols, offer.extensions)
-        except UpstreamProtocolError:
-            upstream_transport.close()
-            log.warning("route %s: upstream %s answered 101 with an invalid handshake", self.route.path,
-                        upstream_url)  # fmt: skip
-            self._refuse(client, 502, "the upstream's handshake was invalid", "upstream", peer, started,
-                         client_side.on_end)  # fmt: skip
-            tunnel.close("refused")
-            return
+        if isinstance(answer, Switched):
+            response, leftover = answer.response, answer.leftover
+        else:
+            head = answer.head
+            if head.status != 101:
+                upstream_transport.close()
+                status = upstream_refusal_status(head)
+                message = f"the upstream refused the connection ({head.status})"
+                self._refuse(client, status, message, "upstream_refused", peer, started, client_side.on_end)
+                tunnel.close("refused")
+                return
+            try:
+                check_switching_protocols(head, offer.key, offer.protocols, offer.extensions)
+            except UpstreamProtocolError:
+                upstream_transport.close()
+                log.warning("route %s: upstream %s answered 101 with an invalid handshake", self.route.path,
+                            upstream_url)  # fmt: skip
+                self._refuse(client, 502, "the upstream's handshake was invalid", "upstream", peer, started,
+                             client_side.on_end)  # fmt: skip
+                tunnel.close("refused")
+                return
+            response, leftover = client_switching_response(head), answer.leftover
+            if answer.seen is not None:
+                self.answers.remember(answer.seen, response)
         if tunnel.done.done() or client.is_closing():  # the client left meanwhile
             upstream_transport.close()
             tunnel.close("client_closed")
@@ -175,7 +216,7 @@ class WebSocketProxy:
         tunnel.upstream_url = upstream_url
         tunnel.join(upstream_transport)
         self.metrics.open_tunnels += 1
-        client.write(client_switching_response(head))
+        client.write(response)
         leftover += side.relay()
         if leftover:
             tunnel.to_client(leftover)
@@ -229,8 +270,8 @@ class WebSocketProxy:
     # --- the upstream handshake ---------------------------------------------------------------------
 
     async def _connect(
-        self, requests: Mapping[str, bytes], tunnel: Tunnel
-    ) -> tuple[str, UpstreamSide, asyncio.Transport, ResponseHead, bytes]:
+        self, requests: Mapping[str, bytes], offer: WebSocketOffer, tunnel: Tunnel
+    ) -> tuple[str, UpstreamSide, asyncio.Transport, Switched | Answered]:
         """Try the route's upstreams in the pool's order; the first that answers with a response head wins.
         All of them together get ``limits.upstream_timeout``."""
         loop = tunnel.loop
@@ -251,8 +292,8 @@ class WebSocketProxy:
         try:
             for url in self.pool.candidates():
                 try:
-                    side, transport, head, leftover = await self._handshake(
-                        self.targets[url], requests[url], tunnel
+                    side, transport, answer = await self._handshake(
+                        self.targets[url], requests[url], offer, tunnel
                     )
                 except ssl.SSLCertVerificationError as exc:
                     log.error("route %s: upstream %s: certificate verify failed (%s)", self.route.path, url,
@@ -264,7 +305,7 @@ class WebSocketProxy:
                     self.pool.failed(url)
                 else:
                     self.pool.succeeded(url)
-                    return url, side, transport, head, leftover
+                    return url, side, transport, answer
         except asyncio.CancelledError:
             if not expired:
                 raise  # the tunnel ended (the client left, shutdown): nobody is waiting for an answer
@@ -276,13 +317,23 @@ class WebSocketProxy:
         raise failure
 
     async def _handshake(
-        self, target: UpstreamTarget, upgrade_request: bytes, tunnel: Tunnel
-    ) -> tuple[UpstreamSide, asyncio.Transport, ResponseHead, bytes]:
-        loop = asyncio.get_running_loop()
+        self, target: UpstreamTarget, upgrade_request: bytes, offer: WebSocketOffer, tunnel: Tunnel
+    ) -> tuple[UpstreamSide, asyncio.Transport, Switched | Answered]:
+        loop = tunnel.loop
         parser = ResponseHeadParser(max_size=self.limits.max_header)
-        head_ready: asyncio.Future[ResponseHead] = loop.create_future()
+        head_ready: asyncio.Future[Switched | Answered] = loop.create_future()
+        first = True
+        seen: Unrecalled | None = None
 
         def on_head_data(data: bytes) -> bool:
+            nonlocal first, seen
+            if first:  # upstreams send their whole head at once: it may be one seen before
+                first = False
+                recalled = self.answers.recall(data, offer)
+                if isinstance(recalled, Switched):
+                    head_ready.set_result(recalled)
+                    return True
+                seen = recalled
             try:
                 head = parser.feed(data)
             except UpstreamProtocolError as exc:
@@ -290,7 +341,7 @@ class WebSocketProxy:
                 return True  # nothing more is read as a head
             if head is None:
                 return False
-            head_ready.set_result(head)
+            head_ready.set_result(Answered(head, parser.leftover, seen))
             return True
 
         def on_lost() -> None:
@@ -305,11 +356,11 @@ class WebSocketProxy:
         # (uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check here.)
         try:
             transport.write(upgrade_request)
-            head = await head_ready
+            answer = await head_ready
         except BaseException:
             transport.abort()
             raise
-        return side, transport, head, parser.leftover
+        return side, transport, answer
 
     async def _open_connection(
         self, target: UpstreamTarget, protocol: Callable[[], UpstreamSide]
