@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import trustme
 
+import wsgate.front as front_module
 import wsgate.gateway.websocket as websocket_module
 from tests.conftest import TIMEOUT, free_port, tls_server_context, wait_for
 from tests.echo_upstream import EchoUpstream
@@ -27,6 +28,7 @@ from wsgate.config import Address, GatewayConfig, GatewayLimits, MintConfig, Rou
 from wsgate.gateway.resolver import AddressInfo, Resolver, look_up
 from wsgate.gateway.server import GatewayServer
 from wsgate.gateway.upgrade import accept_key
+from wsgate.http_head import RequestHead, parse_request_head
 from wsgate.hub.frames import server_frame
 from wsgate.secret import Secret
 
@@ -644,10 +646,21 @@ async def test_a_head_that_arrives_a_byte_at_a_time_is_assembled(
 
 
 async def test_a_repeated_handshake_is_answered_from_memory_exactly_as_the_first(
-    upstream: EchoUpstream, start_gateway: StartGateway, http: aiohttp.ClientSession
+    upstream: EchoUpstream,
+    start_gateway: StartGateway,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A reconnecting client sends the same head with a new key: the gateway replays what it built for the
-    first (upstream request, client 101) with the new key, and the upstream sees the same request."""
+    first (upstream request, client 101) with the new key, without parsing the head again, and the upstream
+    sees the same request."""
+    parsed: list[bytes] = []
+
+    def counting_parse(raw: bytes) -> RequestHead:
+        parsed.append(raw)
+        return parse_request_head(raw)
+
+    monkeypatch.setattr(front_module, "parse_request_head", counting_parse)
     gateway = await start_gateway(ws_route(upstream.url))
     (proxy,) = gateway.gateway.websocket_proxies
     for attempt in range(3):
@@ -658,6 +671,7 @@ async def test_a_repeated_handshake_is_answered_from_memory_exactly_as_the_first
             assert (await ws.receive(timeout=TIMEOUT)).data == f"hello {attempt}"
     assert proxy.plans is not None
     assert (len(proxy.plans), len(proxy.answers)) == (1, 1)
+    assert len(parsed) == 1
     keys = [seen["Sec-WebSocket-Key"] for seen in upstream.handshakes]
     assert len(set(keys)) == 3  # each connection's own key went upstream
     without_key = [

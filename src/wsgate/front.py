@@ -54,6 +54,12 @@ class UpgradeHandler(Acceptor, Protocol):
         """Whether requests for ``path`` (raw, without the query) are this handler's."""
         ...
 
+    def recall(self, path: str, raw: bytes, transport: asyncio.Transport, data: bytes) -> bool:
+        """Serve the request head ``raw`` for ``path`` from memory, without it being parsed, if it is one the
+        handler has seen before but for its key (:mod:`wsgate.gateway.memo`), taking the transport over as
+        :meth:`accept` would; ``False`` when it is not one: the head is then parsed and accepted."""
+        ...
+
 
 def peer_address(transport: asyncio.BaseTransport) -> str:
     """The client's IP address, ``""`` when unknown (a Unix socket)."""
@@ -123,6 +129,7 @@ class FrontProtocol(asyncio.Protocol):
         "_deadline",
         "_guard",
         "_max_head",
+        "_path",
         "_scanned",
         "_timeout",
         "_transport",
@@ -147,6 +154,7 @@ class FrontProtocol(asyncio.Protocol):
         # byte must not be searched from its start each time.
         self._scanned = 0
         self._claimed = False
+        self._path = ""  # the claimed request's
         self._transport: asyncio.Transport | None = None
         self._guard: asyncio.TimerHandle | None = None
 
@@ -179,15 +187,18 @@ class FrontProtocol(asyncio.Protocol):
             return
         self._disarm()
         self._transport = None
+        raw, rest = bytes(buffer[:size]), bytes(buffer[size:])
+        if self._upgrades.recall(self._path, raw, transport, rest):
+            return
         try:
-            head = parse_request_head(bytes(buffer[:size]))
+            head = parse_request_head(raw)
         except HandshakeError as exc:
             log.info(
                 "refused a malformed request head from %s: %d", peer_address(transport) or "-", exc.status
             )
             refuse(transport, exc.status, exc.message)
             return
-        self._upgrades.accept(head, transport, bytes(buffer[size:]), None)
+        self._upgrades.accept(head, transport, rest, None)
 
     def _route(self, buffer: bytearray, transport: asyncio.Transport) -> bool:
         """Once the request line is in: claim the connection, or hand it to aiohttp. False until then."""
@@ -202,6 +213,7 @@ class FrontProtocol(asyncio.Protocol):
         path = request_path(bytes(buffer[start:end]))
         if path is not None and self._upgrades.claims(path):
             self._claimed = True
+            self._path = path
         else:
             self._hand_to_aiohttp(transport)
         return True

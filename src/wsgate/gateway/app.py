@@ -70,6 +70,11 @@ class Gateway:
     def claims(self, path: str) -> bool:
         return self._route_for(path) is not None
 
+    def recall(self, path: str, raw: bytes, transport: asyncio.Transport, data: bytes) -> bool:
+        proxy = self._route_for(path)
+        assert proxy is not None, "recall() is only called for claimed paths"
+        return proxy.recall(raw, transport, data)
+
     def accept(
         self, head: RequestHead, transport: asyncio.Transport, data: bytes, on_end: OnEnd | None
     ) -> None:

@@ -124,7 +124,42 @@ class WebSocketProxy:
             return self._refuse(transport, exc.status, exc.message, exc.reason, peer, started, on_end)
         except ValueError as exc:  # HeaderInjectionError, or a bad minted subject; messages hold no values
             return self._refuse(transport, 400, str(exc), "bad_request", peer, started, on_end)
+        self._start(transport, data, on_end, requests, offer, peer, started)
 
+    def recall(self, raw: bytes, transport: asyncio.Transport, data: bytes) -> bool:
+        """Serve the request head ``raw``, not parsed, if it differs from one already passed only in its key:
+        with that one's upstream requests, the key put in (:mod:`wsgate.gateway.memo`). ``False`` otherwise,
+        and nothing done: the head is then parsed and goes through :meth:`accept`."""
+        plans = self.plans
+        found = request_shape(raw) if plans is not None else None
+        if plans is None or found is None:
+            return False
+        started = time.monotonic()
+        peer = peer_address(transport)
+        shape, key = found
+        plan = plans.get((peer, shape))
+        if plan is None:
+            return False
+        refusal = self.slots.refusal()
+        if refusal is not None:
+            status, message, headers = refusal
+            self._refuse(transport, status, message, "capacity", peer, started, None, headers)
+            return True
+        requests, offer = plan.fill(key)
+        self._start(transport, data, None, requests, offer, peer, started)
+        return True
+
+    def _start(
+        self,
+        transport: asyncio.Transport,
+        data: bytes,
+        on_end: OnEnd | None,
+        requests: dict[str, bytes],
+        offer: WebSocketOffer,
+        peer: str,
+        started: float,
+    ) -> None:
+        """Take the client's connection over and start the upstream handshake."""
         tunnel = Tunnel(
             transport, idle_timeout=self.limits.idle_timeout, max_lifetime=self.limits.max_lifetime
         )
@@ -139,17 +174,7 @@ class WebSocketProxy:
 
     def _upstream_requests(self, head: RequestHead, peer: str) -> tuple[dict[str, bytes], WebSocketOffer]:
         """The checks, then the request for each upstream URL and the client's offer; raises the refusal.
-
-        A head that differs from one already passed only in its key gets that one's requests with its key in
-        them, unchecked again: the checks' outcome is the same (:mod:`wsgate.gateway.memo`).
-        """
-        plans = self.plans
-        found = request_shape(head.raw) if plans is not None and head.raw else None
-        if plans is not None and found is not None:
-            shape, key = found
-            plan = plans.get((peer, shape))
-            if plan is not None:
-                return plan.fill(key)
+        A head that passes is remembered: the next one like it is served by :meth:`recall`."""
         check_upgrade(head.method, head.headers)
         self.origins.check(single_header(head.headers, "Origin"))
         host = head.headers.get("Host")
@@ -160,6 +185,8 @@ class WebSocketProxy:
             for url, target in self.targets.items()
         }
         offer = websocket_offer(client)
+        plans = self.plans
+        found = request_shape(head.raw) if plans is not None else None  # None for b"": aiohttp's heads
         if plans is not None and found is not None:
             plan = UpgradePlan.of(requests, offer)
             if plan is not None:

@@ -47,6 +47,9 @@ class HubUpgrades:
     def claims(self, path: str) -> bool:
         return path in self._paths
 
+    def recall(self, path: str, raw: bytes, transport: asyncio.Transport, data: bytes) -> bool:
+        return False  # every hub handshake is checked in full: its credential is the client's own
+
     def accept(
         self, head: RequestHead, transport: asyncio.Transport, data: bytes, on_end: OnEnd | None
     ) -> None:
