@@ -2,10 +2,11 @@
 
 In a reconnect storm (an admin resets every kiosk at once) the same browsers send the same upgrade request
 again and again, each differing from the last only in its ``Sec-WebSocket-Key``, and the upstream answers
-each the same way but for its ``Sec-WebSocket-Accept``. Everything the gateway does in between - checking the
-request and its Origin, building the upstream's request, checking the 101, building the client's - is a pure
-function of those two heads, so it is done once per distinct head and then replayed with the new key, which
-saves about a quarter of a proxied handshake's CPU time (docs/performance.md).
+each the same way but for its ``Sec-WebSocket-Accept``. Everything the gateway does in between - parsing the
+request, checking it and its Origin, building the upstream's request, checking the 101, building the
+client's - is a pure function of those two heads, so it is done once per distinct head and then replayed with
+the new key, which saves about a third of a proxied handshake's CPU time (docs/performance.md). The front
+offers each head to the memory before parsing it (:meth:`wsgate.front.UpgradeHandler.recall`).
 
 Exact by construction, not by heuristics:
 
