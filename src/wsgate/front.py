@@ -6,8 +6,10 @@ parser and a suspended handler task alive for as long as the connection lasts �
 hundred microseconds per handshake. A WebSocket connection needs none of that once its head is read. So
 each connection starts here: the request line is read and, when its path belongs to an
 :class:`UpgradeHandler` (the gateway's WebSocket routes, the hub's ``/ws``), the head is read and parsed
-(:mod:`wsgate.http_head`) and the handler takes the transport over. Any other first request — and every
-request after it on that connection — is aiohttp's, which receives the connection as if it had accepted it.
+(:mod:`wsgate.http_head`) and the handler takes the transport over — or, for a head the handler has seen
+before but for its key, takes it over unparsed (:meth:`UpgradeHandler.recall`). Any other first request — and
+every request after it on that connection — is aiohttp's, which receives the connection as if it had accepted
+it.
 
 The same bounds hold on both paths: the head must arrive within ``handshake_timeout`` (slowloris) and stay
 within ``max_head`` bytes (431). An upgrade arriving on a connection aiohttp already serves (a second request
