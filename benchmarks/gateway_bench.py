@@ -21,10 +21,18 @@ Per target and round, after a short warm-up:
 5. handshakes: connect, upgrade (token injected), 101, close handshake, TCP closed → per second, one at a time
    and 20 concurrently, and the proxy's CPU per handshake.
 
+The clients of the full-speed echo, the bulk and stream windows (the echo server streaming 64 KiB messages
+down 4 connections) and the handshakes are raw asyncio protocols on uvloop in this process by default, as the
+warm-up, the paced echo and the idle tunnels always are; ``--client c`` runs them on
+``benchmarks/peers/ws_gateway_load.c`` instead, one epoll loop in C started for each window (compiled on first
+use into ``build/bench/``), so that the clients cost little next to the proxy. It is not the default yet: with
+it the Python echo server becomes the limit of some windows, and the proxies' CPU per relayed message moves
+with how busy their peers are (docs/performance.md).
+
 CPU time is utime + stime from ``/proc/<pid>/stat`` (every thread, and for nginx the master and its worker)
 over the measurement window (``benchmarks/procstat.py``). With two or more CPUs the proxy is pinned to the
-first CPU and the load — this process (the clients) and the echo server — to the others, and every window
-says whether the proxy or the load was the limit (see ``verdict``).
+first CPU and the load — this process (the clients), the C load generator when one runs and the echo server
+— to the others, and every window says whether the proxy or the load was the limit (see ``verdict``).
 
 Usage: ``benchmarks/setup-peers && .venv/bin/python benchmarks/gateway_bench.py [--rounds 3]``
 """
@@ -740,8 +748,9 @@ class Usage:
     proxy_user: float
     proxy_system: float
     proxy_wait: float
-    load: float  # this process (the clients) + the echo server
+    load: float  # this process (the clients) + the echo server + the C load generator, if one runs
     machine: float  # every CPU of the machine, busy
+    echo: float = 0.0  # the echo server alone (part of ``load``)
 
 
 class Bench:
@@ -752,6 +761,8 @@ class Bench:
         self.pinned = pinned
         self.echo = echo
         self.load_cpus = len(pinned["load"]) if pinned else len(os.sched_getaffinity(0))
+        self.native: Path | None = getattr(args, "native", None)  # the C load generator, with --client c
+        self.native_pids: list[int] = []  # those running now: their CPU time is the load's
 
     def usage(self, target: Target) -> Usage:
         user = system = wait = 0.0
@@ -759,11 +770,13 @@ class Bench:
             for pid in target.peer.tree:
                 u, s = cpu_times(pid)
                 user, system, wait = user + u, system + s, wait + run_delay(pid)
-        load = 0.0
-        for pid in (os.getpid(), *self.echo.tree):
+        load = echo = 0.0
+        for pid in (os.getpid(), *self.echo.tree, *self.native_pids):
             u, s = cpu_times(pid)
             load += u + s
-        return Usage(time.monotonic(), user, system, wait, load, machine_busy())
+            if pid in self.echo.tree:
+                echo += u + s
+        return Usage(time.monotonic(), user, system, wait, load, machine_busy(), echo)
 
     def window(self, target: Target, before: Usage, after: Usage) -> dict[str, Any]:
         """The window's elapsed time, the proxy's CPU use in it and who was the limit."""
@@ -776,6 +789,10 @@ class Bench:
         others = (after.machine - before.machine - load_cpu - user - system) / elapsed
         load_busy = load_cpu / (elapsed * self.load_cpus)
         result: dict[str, Any] = {"elapsed_s": elapsed, "load_busy": load_busy, "others_cpus": others}
+        # Which part of the load was busy, in CPUs: the echo server, and the clients (this process and the C
+        # load generator). With the C clients the echo server may be what limits a window.
+        echo_busy = (after.echo - before.echo) / elapsed
+        result.update(echo_busy=echo_busy, clients_busy=load_cpu / elapsed - echo_busy)
         if target.peer is None:
             result.update(proxy_cpu_s=None, verdict=verdict(None, 0.0, load_busy, others))
             return result
@@ -820,11 +837,185 @@ def verdict(proxy_busy: float | None, proxy_wait: float, load_busy: float, other
     return "not saturated"
 
 
+# --- the C load generator (``--client c``) ------------------------------------------------------------
+
+NATIVE_SOURCE = PEERS / "ws_gateway_load.c"
+NATIVE_BINARY = Path(__file__).resolve().parent.parent / "build" / "bench" / "ws_gateway_load"
+
+
+def build_native_load() -> Path:
+    """Compile the C load generator (``benchmarks/peers/ws_gateway_load.c``) when the binary is missing or
+    older than its source; the binary lives in the git-ignored ``build/bench/``."""
+    fresh = NATIVE_BINARY.exists() and NATIVE_BINARY.stat().st_mtime >= NATIVE_SOURCE.stat().st_mtime
+    if not fresh:
+        NATIVE_BINARY.parent.mkdir(parents=True, exist_ok=True)
+        command = ["cc", "-O2", "-Wall", "-o", str(NATIVE_BINARY), str(NATIVE_SOURCE)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        except OSError as exc:
+            raise BenchError(
+                f"cannot compile {NATIVE_SOURCE.name} ({exc}): install gcc or use --client python"
+            ) from None
+        if done.returncode != 0:
+            raise BenchError(f"compiling {NATIVE_SOURCE.name} failed:\n{done.stderr[-2000:]}")
+    return NATIVE_BINARY
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A ``mark`` of the C load generator: what it completed since ``go`` (handshakes, round trips or
+    streamed messages), their payload bytes, when (CLOCK_MONOTONIC, time.monotonic()'s clock) and its errors
+    so far. The difference of two marks is a Mark too, its ``at`` the seconds between them."""
+
+    count: int
+    bytes: int
+    at: float
+    errors: int
+
+
+class NativeLoad:
+    """One window's C load generator (see ``ws_gateway_load.c``): started for the window, driven through its
+    line protocol, stopped after it. It inherits this process's CPUs, the load's, and while it runs
+    ``Bench.usage`` charges its CPU time to the load. Its first ``error`` line fails the measurement."""
+
+    def __init__(self, bench: Bench, target: Target, argv: Sequence[str]) -> None:
+        self.bench = bench
+        self.target = target
+        self.argv = argv
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> NativeLoad:
+        assert self.bench.native is not None
+        env = {name: value for name, value in os.environ.items() if name != "WS_TOKEN"}
+        if self.target.client_token is not None:  # the direct target; in the environment, not on argv
+            env["WS_TOKEN"] = self.target.client_token
+        mode, *numbers = self.argv
+        self.process = await asyncio.create_subprocess_exec(
+            *(str(self.bench.native), "-p", PATH, "-o", ORIGIN, mode, str(self.target.port), *numbers),
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.bench.native_pids.append(self.process.pid)
+        try:
+            await self.reply("ready")
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        self.bench.native_pids.remove(process.pid)
+        if process.returncode is None and process.stdin is not None:
+            process.stdin.close()  # end of file: it stops, drains and closes its connections
+        try:
+            await asyncio.wait_for(process.wait(), STEP_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def send(self, command: str) -> None:
+        assert self.process is not None
+        assert self.process.stdin is not None
+        self.process.stdin.write(command.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def reply(self, kind: str) -> list[str]:
+        """The fields of its next line, which must be a ``kind`` one."""
+        assert self.process is not None
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                line = (await self.process.stdout.readline()).decode().strip()
+        except TimeoutError:
+            line = f"(nothing within {STEP_TIMEOUT:.0f} s)"
+        word, _, rest = line.partition(" ")
+        if word == kind:
+            return rest.split()
+        what = f"error: {rest}" if word == "error" else f"{line!r} for {kind!r}" if line else "no answer"
+        raise BenchError(f"{self.target.label}: the C load generator ({self.argv[0]}): {what}")
+
+    async def mark(self) -> Mark:
+        await self.send("mark")
+        count, size, at, errors = await self.reply("mark")
+        return Mark(int(count), int(size), float(at), int(errors))
+
+    async def latency(self) -> dict[str, float]:
+        """Percentiles (seconds) of what it recorded between the last two marks: round trips, time to 101."""
+        await self.send("latency")
+        count, p50, p99, most = await self.reply("latency")
+        return {"count": int(count), "p50": float(p50), "p99": float(p99), "max": float(most)}
+
+    async def stop(self) -> None:
+        await self.send("stop")
+        _, _, errors = await self.reply("summary")
+        if int(errors):
+            raise BenchError(f"{self.target.label}: the C load generator counted {errors} error(s)")
+
+
+async def measure_native(
+    bench: Bench, target: Target, argv: Sequence[str], warmup: float, seconds: float
+) -> tuple[dict[str, Any], Mark, dict[str, float]]:
+    """One window on the C load generator: ``go``, ``warmup`` seconds, a mark, ``seconds``, a mark, with
+    ``Bench.usage`` right after each mark's reply. Returns the window, the difference of the two marks and
+    the latencies recorded between them."""
+    async with NativeLoad(bench, target, argv) as load:
+        await load.send("go")
+        await asyncio.sleep(warmup)
+        first = await load.mark()
+        before = bench.usage(target)
+        await asyncio.sleep(seconds)
+        last = await load.mark()
+        after = bench.usage(target)
+        latency = await load.latency()
+        await load.stop()
+    counted = Mark(last.count - first.count, last.bytes - first.bytes, last.at - first.at, last.errors)
+    result = bench.window(target, before, after)
+    result["client"] = "c"
+    return result, counted, latency
+
+
 async def measure_echo(
     bench: Bench, target: Target, *, connections: int, size: int, window: int, rate: float | None
 ) -> dict[str, Any]:
     """Echo traffic over ``connections`` connections with ``window`` messages of ``size`` bytes in flight on
-    each, closed loop (``rate`` None) or paced at ``rate`` messages/s in total."""
+    each, closed loop (``rate`` None) or paced at ``rate`` messages/s in total. The closed loop runs on the C
+    load generator when there is one; the paced echo always on the Python clients (it needs a schedule)."""
+    if bench.native is not None and rate is None:
+        argv = ["echo", str(connections), str(size), str(window)]
+        result, counted, latency = await measure_native(bench, target, argv, WARMUP, bench.args.seconds)
+        messages, echoed, elapsed = counted.count, counted.bytes, counted.at
+    else:
+        result, messages, echoed, latency = await echo_python(
+            bench, target, connections=connections, size=size, window=window, rate=rate
+        )
+        elapsed = result["elapsed_s"]
+    relayed = 2 * messages  # every echo crosses the proxy twice: up and down
+    ms = 1000.0
+    result.update(
+        connections=connections,
+        message_bytes=size,
+        in_flight_per_connection=window,
+        requested_rate=rate,
+        round_trips=messages,
+        round_trips_per_s=messages / elapsed,
+        mb_per_s=echoed / elapsed / 1e6,
+        latency_ms={key: latency[key] * ms for key in ("p50", "p99", "max")},
+    )
+    if result["proxy_cpu_s"] is not None and messages:
+        result["proxy_cpu_us_per_message"] = result["proxy_cpu_s"] / relayed * 1e6
+        result["proxy_user_us_per_message"] = result["proxy_user_s"] / relayed * 1e6
+        result["proxy_cpu_ms_per_mb"] = result["proxy_cpu_s"] / (2 * echoed / 1e6) * 1e3
+    return result
+
+
+async def echo_python(
+    bench: Bench, target: Target, *, connections: int, size: int, window: int, rate: float | None
+) -> tuple[dict[str, Any], int, int, dict[str, float]]:
+    """The echo on the Python clients: the window, round trips, bytes echoed, latencies (seconds)."""
     interval = connections / rate if rate else None
     load = EchoLoad(window, interval)
     payload = os.urandom(size)
@@ -855,34 +1046,29 @@ async def measure_echo(
         check_clients(target, clients)
     finally:
         await close_all(clients)
-    result = bench.window(target, before, after)
-    elapsed = result["elapsed_s"]
-    relayed = 2 * load.messages  # every echo crosses the proxy twice: up and down
-    ms = 1000.0
-    result.update(
-        connections=connections,
-        message_bytes=size,
-        in_flight_per_connection=window,
-        requested_rate=rate,
-        round_trips=load.messages,
-        round_trips_per_s=load.messages / elapsed,
-        mb_per_s=load.bytes / elapsed / 1e6,
-        latency_ms={
-            "p50": percentile(load.latencies, 50) * ms,
-            "p99": percentile(load.latencies, 99) * ms,
-            "max": max(load.latencies) * ms,
-        },
-    )
-    if result["proxy_cpu_s"] is not None and load.messages:
-        result["proxy_cpu_us_per_message"] = result["proxy_cpu_s"] / relayed * 1e6
-        result["proxy_user_us_per_message"] = result["proxy_user_s"] / relayed * 1e6
-        result["proxy_cpu_ms_per_mb"] = result["proxy_cpu_s"] / (2 * load.bytes / 1e6) * 1e3
-    return result
+    latency = {
+        "p50": percentile(load.latencies, 50),
+        "p99": percentile(load.latencies, 99),
+        "max": max(load.latencies),
+    }
+    return bench.window(target, before, after), load.messages, load.bytes, latency
 
 
 async def measure_stream(bench: Bench, target: Target, *, connections: int, size: int) -> dict[str, Any]:
     """The echo server streams ``size``-byte messages down ``connections`` connections as fast as the path
     takes them (TCP backpressure): one-way throughput, the direction a hub's fan-out goes."""
+    if bench.native is not None:
+        argv = ["stream", str(connections), str(size)]
+        result, counted, _ = await measure_native(bench, target, argv, WARMUP, bench.args.seconds)
+        result.update(
+            connections=connections,
+            message_bytes=size,
+            messages=counted.count,
+            mb_per_s=counted.bytes / counted.at / 1e6,
+        )
+        if result["proxy_cpu_s"] is not None and counted.bytes:
+            result["proxy_cpu_ms_per_mb"] = result["proxy_cpu_s"] / (counted.bytes / 1e6) * 1e3
+        return result
     load = EchoLoad(1, None)
 
     def factory(request: bytes, key: bytes) -> StreamClient:
@@ -914,6 +1100,11 @@ async def measure_stream(bench: Bench, target: Target, *, connections: int, size
 async def measure_handshakes(bench: Bench, target: Target, concurrency: int) -> dict[str, Any]:
     """Complete WebSocket connections (connect, upgrade, 101, close handshake, TCP closed), ``concurrency``
     at a time, for ``--handshake-seconds``."""
+    if bench.native is not None:
+        argv = ["handshakes", str(concurrency)]
+        seconds = bench.args.handshake_seconds
+        result, counted, latency = await measure_native(bench, target, argv, HANDSHAKE_WARMUP, seconds)
+        return handshake_figures(result, concurrency, counted.count, counted.at, latency)
     measuring = False
     stopping = False
     done = 0
@@ -945,11 +1136,18 @@ async def measure_handshakes(bench: Bench, target: Target, concurrency: int) -> 
         after = bench.usage(target)
         stopping = True
     result = bench.window(target, before, after)
+    latency = {"p50": percentile(to_101, 50), "p99": percentile(to_101, 99)}
+    return handshake_figures(result, concurrency, done, result["elapsed_s"], latency)
+
+
+def handshake_figures(
+    result: dict[str, Any], concurrency: int, done: int, elapsed: float, to_101: dict[str, float]
+) -> dict[str, Any]:
     result.update(
         concurrency=concurrency,
         handshakes=done,
-        handshakes_per_s=done / result["elapsed_s"],
-        to_101_ms={"p50": percentile(to_101, 50) * 1000, "p99": percentile(to_101, 99) * 1000},
+        handshakes_per_s=done / elapsed,
+        to_101_ms={"p50": to_101["p50"] * 1000, "p99": to_101["p99"] * 1000},
     )
     if result["proxy_cpu_s"] is not None and done:
         result["proxy_cpu_us_per_handshake"] = result["proxy_cpu_s"] / done * 1e6
@@ -1530,6 +1728,13 @@ def render(
         f"over loopback ({HOST})",
         f"  upstream  {'Python raw-asyncio echo on uvloop' if args.echo == 'python' else 'Node ws echo'}, "
         f"checks the injected token header; {where}",
+        "  clients   "
+        + (
+            "C (benchmarks/peers/ws_gateway_load.c, one epoll loop) for echo, bulk, stream and handshakes; "
+            "Python for paced and idle"
+            if args.client == "c"
+            else "Python (raw asyncio protocols on uvloop) for every window"
+        ),
         f"  wsgate    {info['wsgate']}",
         f"  machine   {info['nproc']} CPUs ({info['cpu_model']}), kernel {info['kernel']}, "
         f"Python {info['python']}, uvloop {info['uvloop']}, aiohttp {info['aiohttp']}",
@@ -1626,6 +1831,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("python", "node"),
         default="python",
         help="upstream echo server: raw asyncio on uvloop (default) or Node ws (benchmarks/peers/ws_echo.js)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("c", "python"),
+        default="python",
+        help="the clients of the echo, bulk, stream and handshake windows: "
+        "benchmarks/peers/ws_gateway_load.c on epoll (compiled on first use into build/bench/), or the "
+        "Python protocols on uvloop (default: %(default)s). The paced echo and the idle tunnels always use "
+        "the Python clients: pacing needs a schedule, and the idle figure is the proxy's memory only",
     )
     parser.add_argument(
         "--no-pin",
@@ -1788,6 +2002,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_echo([int(p) for p in args.serve_echo.split(",")])
     try:
         check_prerequisites(args.targets, args.echo)
+        args.native = build_native_load() if args.client == "c" else None
         fd_limit = raise_fd_limit(2 * args.idle_connections + 2 * FD_MARGIN)
     except BenchError as exc:
         print(f"gateway_bench: {exc}", file=sys.stderr)
@@ -1852,6 +2067,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "targets": args.targets,
         "echo_server": args.echo,
+        "client": args.client,
         "window_s": args.seconds,
         "handshake_window_s": args.handshake_seconds,
         "idle_connections": args.idle_connections,
