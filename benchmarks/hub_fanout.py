@@ -63,6 +63,7 @@ from typing import Any, cast
 
 try:
     from benchmarks.procstat import (
+        build_c,
         cpu_seconds,
         cpu_times,
         fd_count,
@@ -77,6 +78,7 @@ try:
     )
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
     from procstat import (  # type: ignore[no-redef,import-not-found]
+        build_c,
         cpu_seconds,
         cpu_times,
         fd_count,
@@ -741,20 +743,11 @@ NATIVE_BINARY = BENCH_DIR.parent / "build" / "bench" / "ws_subscribers"
 
 
 def build_native_client() -> Path:
-    """Compile the C subscribers (``benchmarks/peers/ws_subscribers.c``) when the binary is missing or older
+    """The C subscribers (``benchmarks/peers/ws_subscribers.c``), compiled when the binary is missing or older
     than its source; the binary lives in the git-ignored ``build/bench/``."""
-    fresh = NATIVE_BINARY.exists() and NATIVE_BINARY.stat().st_mtime >= NATIVE_SOURCE.stat().st_mtime
-    if not fresh:
-        NATIVE_BINARY.parent.mkdir(parents=True, exist_ok=True)
-        command = ["cc", "-O2", "-Wall", "-o", str(NATIVE_BINARY), str(NATIVE_SOURCE)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-        except OSError as exc:
-            raise BenchError(
-                f"cannot compile {NATIVE_SOURCE.name} ({exc}): install gcc or use --client python"
-            ) from None
-        if done.returncode != 0:
-            raise BenchError(f"compiling {NATIVE_SOURCE.name} failed:\n{done.stderr[-2000:]}")
+    problem = build_c(NATIVE_SOURCE, NATIVE_BINARY)
+    if problem is not None:
+        raise BenchError(f"{problem} (or use --client python)")
     return NATIVE_BINARY
 
 

@@ -1,5 +1,6 @@
 """Reading a process's CPU time and memory from ``/proc`` (Linux), so a benchmark can charge each process for
-its own work instead of timing everything from the outside."""
+its own work instead of timing everything from the outside; and what else the benchmarks share about the
+programs they run (the commit under test, the C load generators' builds)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,19 @@ def source_version(src: Path) -> str:
     except OSError:
         return "unknown"
     return f"{commit}{'+dirty' if dirty else ''}" or "unknown"
+
+
+def build_c(source: Path, binary: Path) -> str | None:
+    """Compile the benchmark program ``source`` into ``binary`` (``cc -O2 -Wall``) when the binary is missing
+    or older than its source; ``None`` when it is ready, else what went wrong, for the caller's error."""
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return None
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    command = ["cc", "-O2", "-Wall", "-o", str(binary), str(source)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except OSError as exc:
+        return f"cannot compile {source.name} ({exc}): install gcc"
+    if done.returncode != 0:
+        return f"compiling {source.name} failed:\n{done.stderr[-2000:]}"
+    return None
