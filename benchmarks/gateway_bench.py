@@ -22,12 +22,10 @@ Per target and round, after a short warm-up:
    and 20 concurrently, and the proxy's CPU per handshake.
 
 The clients of the full-speed echo, the bulk and stream windows (the echo server streaming 64 KiB messages
-down 4 connections) and the handshakes are raw asyncio protocols on uvloop in this process by default, as the
-warm-up, the paced echo and the idle tunnels always are; ``--client c`` runs them on
-``benchmarks/peers/ws_gateway_load.c`` instead, one epoll loop in C started for each window (compiled on first
-use into ``build/bench/``), so that the clients cost little next to the proxy. It is not the default yet: with
-it the Python echo server becomes the limit of some windows, and the proxies' CPU per relayed message moves
-with how busy their peers are (docs/performance.md).
+down 4 connections) and the handshakes are by default ``benchmarks/peers/ws_gateway_load.c``, one epoll loop
+in C started for each window (``--client c``, compiled on first use into ``build/bench/``), so that the
+clients cost little next to the proxy; ``--client python`` runs them as raw asyncio protocols on uvloop in
+this process, as the warm-up, the paced echo and the idle tunnels always are.
 
 CPU time is utime + stime from ``/proc/<pid>/stat`` (every thread, and for nginx the master and its worker)
 over the measurement window (``benchmarks/procstat.py``). With two or more CPUs the proxy is pinned to the
@@ -1828,7 +1826,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--client",
         choices=("c", "python"),
-        default="python",
+        default="c",
         help="the clients of the echo, bulk, stream and handshake windows: "
         "benchmarks/peers/ws_gateway_load.c on epoll (compiled on first use into build/bench/), or the "
         "Python protocols on uvloop (default: %(default)s). The paced echo and the idle tunnels always use "

@@ -1,5 +1,5 @@
 /* The gateway benchmark's load in C: WebSocket clients on one epoll loop (benchmarks/gateway_bench.py
- * --client c). Not a peer: the load generator, kept with the other programs the suite builds
+ * --client c, the default). Not a peer: the load generator, kept with the other programs the suite builds
  * (gateway_bench.py compiles it on first use into the git-ignored build/bench/). It does what the Python
  * clients of gateway_bench.py do (Client, EchoClient, StreamClient), for a fraction of the CPU, so that the
  * load shares its CPU with the echo server without being what limits the proxy:
