@@ -21,6 +21,7 @@ from wsgate.gateway.memo import (
     MAX_SHAPE_BYTES,
     Answers,
     Memory,
+    Plans,
     Shape,
     Switched,
     Template,
@@ -376,6 +377,27 @@ def test_upgrade_plan_is_none_when_a_request_lacks_the_key_line() -> None:
     offer = WebSocketOffer(KEY_1, (), extensions=False)
     good = b"GET / HTTP/1.1\r\nSec-WebSocket-Key: " + KEY_1.encode("ascii") + b"\r\n\r\n"
     assert UpgradePlan.of({"a": good, "b": b"GET / HTTP/1.1\r\n\r\n"}, offer) is None
+
+
+def test_plans_recall_a_head_for_the_peer_it_passed_for_with_the_new_key() -> None:
+    plans = Plans()
+    route = make_route(headers=secret_headers({"token": SECRET}))
+    raw_1, raw_2 = browser_head(KEY_1), browser_head(KEY_2)
+    assert plans.recall(raw_1, PEER) is None
+    plans.remember(raw_1, PEER, *full_requests(raw_1, route))
+    assert plans.recall(raw_2, PEER) == full_requests(raw_2, route)
+    # The forwarding headers carry the client's address: another client's head is another entry.
+    assert plans.recall(raw_2, "198.51.100.7") is None
+    assert len(plans) == 1
+
+
+def test_plans_remember_nothing_for_a_head_without_raw_bytes_or_a_canonical_key() -> None:
+    plans = Plans()
+    route = make_route()
+    requests, offer = full_requests(browser_head(KEY_1), route)
+    plans.remember(b"", PEER, requests, offer)  # a head aiohttp parsed
+    plans.remember(browser_head("not-a-key"), PEER, requests, offer)
+    assert len(plans) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------

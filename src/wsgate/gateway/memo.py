@@ -172,6 +172,36 @@ class UpgradePlan:
         return f"UpgradePlan({len(self.requests)} upstreams)"
 
 
+class Plans:
+    """The upgrade requests passed, as the upstream requests they became, per client address (the
+    forwarding headers carry it)."""
+
+    __slots__ = ("_memory",)
+
+    def __init__(self, size: int = MAX_SHAPES) -> None:
+        self._memory: Memory[tuple[str, Shape], UpgradePlan] = Memory(size)
+
+    def recall(self, raw_head: bytes, peer: str) -> tuple[dict[str, bytes], WebSocketOffer] | None:
+        """The upstream requests and the offer for ``raw_head`` from ``peer``, if a head like it but for its
+        key has passed before; ``None`` otherwise (it must then be checked in full)."""
+        found = request_shape(raw_head)
+        if found is None:
+            return None
+        shape, key = found
+        plan = self._memory.get((peer, shape))
+        return None if plan is None else plan.fill(key)
+
+    def remember(self, raw_head: bytes, peer: str, requests: dict[str, bytes], offer: WebSocketOffer) -> None:
+        """Remember a head from ``peer`` that passed every check, as the requests and offer built from it."""
+        found = request_shape(raw_head)
+        plan = UpgradePlan.of(requests, offer) if found is not None else None
+        if found is not None and plan is not None:
+            self._memory.put((peer, found[0]), plan)
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+
 # A response shape together with what the client offered: the 101's checks depend on both.
 AnswerKey = tuple[Shape, tuple[str, ...], bool]
 

@@ -21,7 +21,7 @@ from wsgate.config import SUBJECT_PLACEHOLDER, GatewayLimits, Route
 from wsgate.errors import AuthError, HandshakeError
 from wsgate.front import OnEnd, peer_address, refuse
 from wsgate.gateway.capacity import ConnectionSlots
-from wsgate.gateway.memo import Answers, Memory, Shape, Switched, Unrecalled, UpgradePlan, request_shape
+from wsgate.gateway.memo import Answers, Plans, Switched, Unrecalled
 from wsgate.gateway.metrics import GatewayMetrics
 from wsgate.gateway.relay import ClientSide, Tunnel, UpstreamSide
 from wsgate.gateway.resolver import Resolver
@@ -100,7 +100,7 @@ class WebSocketProxy:
         self._ended_tunnels = self.metrics.requests.labels(route.path, "101")
         # Handshakes that differ only in their key, answered from memory (wsgate.gateway.memo). A route that
         # mints a token per connection builds every upstream request afresh.
-        self.plans: Memory[tuple[str, Shape], UpgradePlan] | None = None if route.mint else Memory()
+        self.plans: Plans | None = None if route.mint else Plans()
         self.answers = Answers()
 
     # --- the request --------------------------------------------------------------------------------
@@ -130,22 +130,19 @@ class WebSocketProxy:
         """Serve the request head ``raw``, not parsed, if it differs from one already passed only in its key:
         with that one's upstream requests, the key put in (:mod:`wsgate.gateway.memo`). ``False`` otherwise,
         and nothing done: the head is then parsed and goes through :meth:`accept`."""
-        plans = self.plans
-        found = request_shape(raw) if plans is not None else None
-        if plans is None or found is None:
+        if self.plans is None:
             return False
         started = time.monotonic()
         peer = peer_address(transport)
-        shape, key = found
-        plan = plans.get((peer, shape))
-        if plan is None:
+        recalled = self.plans.recall(raw, peer)
+        if recalled is None:
             return False
         refusal = self.slots.refusal()
         if refusal is not None:
             status, message, headers = refusal
             self._refuse(transport, status, message, "capacity", peer, started, None, headers)
             return True
-        requests, offer = plan.fill(key)
+        requests, offer = recalled
         self._start(transport, data, None, requests, offer, peer, started)
         return True
 
@@ -185,12 +182,8 @@ class WebSocketProxy:
             for url, target in self.targets.items()
         }
         offer = websocket_offer(client)
-        plans = self.plans
-        found = request_shape(head.raw) if plans is not None else None  # None for b"": aiohttp's heads
-        if plans is not None and found is not None:
-            plan = UpgradePlan.of(requests, offer)
-            if plan is not None:
-                plans.put((peer, found[0]), plan)
+        if self.plans is not None:  # (aiohttp's heads have no raw bytes: nothing to remember them by)
+            self.plans.remember(head.raw, peer, requests, offer)
         return requests, offer
 
     async def _open(
@@ -378,7 +371,7 @@ class WebSocketProxy:
                 )
 
         transport, side = await self._open_connection(
-            target, lambda: UpstreamSide(tunnel, on_head_data, on_lost)
+            loop, target, lambda: UpstreamSide(tunnel, on_head_data, on_lost)
         )
         # (uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check here.)
         try:
@@ -390,11 +383,13 @@ class WebSocketProxy:
         return side, transport, answer
 
     async def _open_connection(
-        self, target: UpstreamTarget, protocol: Callable[[], UpstreamSide]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        target: UpstreamTarget,
+        protocol: Callable[[], UpstreamSide],
     ) -> tuple[asyncio.Transport, UpstreamSide]:
         """A connection to ``target``: its addresses in turn (as ``loop.create_connection`` tries a name's),
         looked up through the shared resolver. TLS verifies the name, not the address."""
-        loop = asyncio.get_running_loop()
         resolver, host, port = self.resolver, target.host, target.port
         addresses = resolver.known(host, port) or await resolver.resolve(host, port)
         failure: OSError | None = None
